@@ -1,0 +1,30 @@
+"""Exceptions that speak the user's language: which file, which molecule or line, what was expected."""
+
+from __future__ import annotations
+
+
+class AtomNetError(Exception):
+    """Base class of atomnet's user-facing errors (the CLI prints them as one line)."""
+
+
+class DataFormatError(AtomNetError, ValueError):
+    """A data file is malformed. The message names the file, the place (molecule/line) and the problem."""
+
+    def __init__(self, path, problem: str, where: str | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.where = where
+        loc = f"{self.path}" + (f" ({where})" if where else "")
+        super().__init__(f"{loc}: {problem}")
+
+
+class ModelInputError(AtomNetError, ValueError):
+    """Input that a model cannot evaluate (unknown element, NaN positions, empty batch)."""
+
+
+class ConfigError(AtomNetError, ValueError):
+    """A configuration key is unknown or has the wrong type/value."""
+
+
+class DownloadError(AtomNetError, OSError):
+    """A download failed (offline, bad checksum)."""
