@@ -1,0 +1,52 @@
+"""What every atomnet model shares: per-atom energies → standardisation → sum over atoms.
+
+A model maps an :class:`~atomnet.data.batch.AtomsBatch` to per-atom energies (eV) and the molecular energy.
+Subclasses implement :meth:`atomic_outputs` (raw per-atom outputs y_i, before standardisation); the base class
+adds standardisation (:class:`~atomnet.nn.output.Standardize`) and the atom → molecule sum. Forces are not
+computed here: see :func:`atomnet.potential.energy_and_forces`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atomnet import keys
+from atomnet.data.batch import AtomsBatch
+from atomnet.nn.ops import AtomToMolecule
+from atomnet.nn.output import Standardize
+
+
+class AtomisticModel(nn.Module):
+    """Base class. ``hparams`` holds the constructor arguments (saved with the weights); ``cutoff`` in Å."""
+
+    name: str = ""
+
+    def __init__(self, cutoff: float, max_z: int, reduce: str, hparams: dict):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.max_z = int(max_z)
+        self.hparams = dict(hparams)
+        self.standardize = Standardize(max_z)
+        self.aggregate = AtomToMolecule(reduce)
+
+    def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Raw per-atom outputs y_i (n_atoms,) and extra results (e.g. hidden states)."""
+        raise NotImplementedError
+
+    def forward(
+        self, batch: AtomsBatch, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-atom energies (n_atoms,) eV and energies (n_molecules,) eV.
+
+        ``positions``/``cell`` replace the batch's (so callers can differentiate with respect to them).
+        """
+        vectors = batch.pair_vectors(positions, cell)
+        y, extra = self.atomic_outputs(batch, vectors)
+        atomic = self.standardize(y, batch.numbers)
+        energy = self.aggregate(atomic, batch.molecule, batch.n_molecules)
+        return {keys.ATOMIC_ENERGIES: atomic, keys.ENERGY: energy, **extra}
+
+    def set_statistics(self, mean: float = 0.0, std: float = 1.0, atomref=None) -> None:
+        """Output standardisation: per-atom ``mean``/``std`` (eV) and per-element ``atomref`` (eV, by Z)."""
+        self.standardize.set(mean, std, atomref)
