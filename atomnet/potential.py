@@ -26,7 +26,9 @@ def check_batch(batch: AtomsBatch, cutoff: float) -> None:
     if not bool(torch.isfinite(batch.positions).all()):
         bad = torch.nonzero(~torch.isfinite(batch.positions).all(dim=1)).flatten()
         mols = batch.molecule[bad].unique().tolist()
-        raise ModelInputError(f"non-finite (NaN/inf) positions for atom(s) {bad.tolist()[:10]} in molecule(s) {mols}")
+        raise ModelInputError(
+            f"non-finite (NaN/inf) positions for atom(s) {bad.tolist()[:10]} in molecule(s) {mols}"
+        )
     if batch.cutoff is not None and batch.cutoff < cutoff - 1e-6:
         raise ModelInputError(
             f"the batch's neighbour pairs were built with cutoff {batch.cutoff} Å, smaller than the model's "
@@ -78,9 +80,13 @@ def energy_and_forces(
     if stress:
         g = grads[-1]
         volume = torch.linalg.det(batch.cell).abs().clamp(min=1e-12)
-        periodic = batch.pbc.any(dim=1) if batch.pbc is not None else torch.ones_like(volume, dtype=torch.bool)
+        periodic = (
+            batch.pbc.any(dim=1) if batch.pbc is not None else torch.ones_like(volume, dtype=torch.bool)
+        )
         g = torch.zeros_like(strain) if g is None else g
-        out[keys.STRESS] = torch.where(periodic[:, None, None], g / volume[:, None, None], torch.zeros_like(g))
+        out[keys.STRESS] = torch.where(
+            periodic[:, None, None], g / volume[:, None, None], torch.zeros_like(g)
+        )
     return out
 
 

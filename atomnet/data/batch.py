@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from atomnet import keys
 from atomnet.data.neighbors import ALL_PAIRS_MAX_ATOMS, linear_pairs, molecular_pairs
 
 
@@ -118,7 +117,9 @@ def make_batch(
     large = n_atoms.numel() > 0 and int(n_atoms.max()) > ALL_PAIRS_MAX_ATOMS
     if not periodic and not large:
         pair_i, pair_j = molecular_pairs(positions, n_atoms, cutoff)
-        return AtomsBatch(numbers, positions, molecule, n_atoms, pair_i, pair_j, cutoff, targets=targets or {})
+        return AtomsBatch(
+            numbers, positions, molecule, n_atoms, pair_i, pair_j, cutoff, targets=targets or {}
+        )
     if cutoff is None:
         raise ValueError("a cutoff is required for periodic or large structures")
     starts = np.concatenate([[0], np.cumsum(n_atoms.numpy())])

@@ -42,7 +42,12 @@ class DTNNInteraction(nn.Module):
         self.residual = ResidualAdd()
 
     def forward(
-        self, x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.Tensor
+        self,
+        x: torch.Tensor,
+        rbf: torch.Tensor,
+        fcut: torch.Tensor,
+        pair_i: torch.Tensor,
+        pair_j: torch.Tensor,
     ) -> torch.Tensor:
         factors = self.product(self.gather(self.cf(x), pair_j), self.df(rbf))
         v = self.envelope(self.activation(self.fc(factors)), fcut[:, None])

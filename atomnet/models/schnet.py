@@ -33,7 +33,12 @@ class SchNetInteraction(nn.Module):
         self.residual = ResidualAdd()
 
     def forward(
-        self, x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.Tensor
+        self,
+        x: torch.Tensor,
+        rbf: torch.Tensor,
+        fcut: torch.Tensor,
+        pair_i: torch.Tensor,
+        pair_j: torch.Tensor,
     ) -> torch.Tensor:
         filters = self.filter_network(rbf, fcut)
         v = self.f2out(self.cfconv(self.in2f(x), filters, pair_i, pair_j))

@@ -76,7 +76,12 @@ class PolynomialCutoff(nn.Module):
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         p = self.p
         x = r / self.cutoff
-        f = 1.0 - 0.5 * (p + 1) * (p + 2) * x**p + p * (p + 2) * x ** (p + 1) - 0.5 * p * (p + 1) * x ** (p + 2)
+        f = (
+            1.0
+            - 0.5 * (p + 1) * (p + 2) * x**p
+            + p * (p + 2) * x ** (p + 1)
+            - 0.5 * p * (p + 1) * x ** (p + 2)
+        )
         return f * (x < 1.0).to(r.dtype)
 
 

@@ -18,7 +18,9 @@ class FilterNetwork(nn.Module):
 
     def __init__(self, n_rbf: int, n_filters: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_rbf, n_filters), ShiftedSoftplus(), nn.Linear(n_filters, n_filters))
+        self.net = nn.Sequential(
+            nn.Linear(n_rbf, n_filters), ShiftedSoftplus(), nn.Linear(n_filters, n_filters)
+        )
 
     def forward(self, rbf: torch.Tensor, fcut: torch.Tensor) -> torch.Tensor:
         return self.net(rbf) * fcut[:, None]
