@@ -1,0 +1,180 @@
+"""``atomnet data``: convert datasets to the HDF5 store, summarise a store, download datasets.
+
+    atomnet data convert <source> out.h5 [--format qm9|qm9pack|md17|rmd17|qm7|ase] [--limit N]
+                         [--exclude-uncharacterized] [--energy-unit kcal/mol] [--hof hof_qm7.txt]
+    atomnet data info out.h5
+    atomnet data download <name or url> [--dest DIR]
+
+Readers are imported lazily, so ``atomnet data --help`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from atomnet.errors import AtomNetError, DataFormatError
+
+FORMATS = ("qm9", "qm9pack", "md17", "rmd17", "qm7", "ase")
+ASE_SUFFIXES = (".xyz", ".extxyz", ".db", ".traj", ".json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="<action>", required=True)
+    p = sub.add_parser("convert", help="convert a dataset to an HDF5 store (internal units eV, Angstrom)")
+    p.add_argument(
+        "source", help="source file (QM9 tarball, MD17/rMD17 npz, QM7 tarball, extxyz/ASE db) or 'qm9pack'"
+    )
+    p.add_argument("output", help="output .h5 store")
+    p.add_argument("--format", choices=FORMATS, help="source format (default: guessed from the file name)")
+    p.add_argument("--limit", type=int, help="convert only the first N molecules")
+    p.add_argument(
+        "--exclude-uncharacterized", action="store_true", help="QM9: drop the 3,054 failed molecules"
+    )
+    p.add_argument(
+        "--energy-unit",
+        default=None,
+        help="ASE input: unit of energies (default eV; forces: <unit>/Angstrom)",
+    )
+    p.add_argument("--hof", help="QM7: hof_qm7.txt (default: next to the tarball)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p = sub.add_parser("info", help="print counts, elements and property statistics of a store")
+    p.add_argument("store", help=".h5 store")
+    p = sub.add_parser("download", help="download a dataset (name or URL) with checksum and resume")
+    p.add_argument("name", help="dataset name (see atomnet.data.download.DATASETS) or URL")
+    p.add_argument("--dest", default=".", help="destination folder (default: .)")
+
+
+def guess_format(source: str | Path) -> str:
+    """Source format from the file name (and, for ``.npz``, its keys)."""
+    if str(source) == "qm9pack":
+        return "qm9pack"
+    path = Path(source)
+    name = path.name.lower()
+    if name.endswith((".tar.bz2", ".tbz2")) or "dsgdb9nsd" in name or ("qm9" in name and ".tar" in name):
+        return "qm9"
+    if "qm7" in name and ".tar" in name:
+        return "qm7"
+    if name.endswith(".npz"):
+        if "rmd17" in name:
+            return "rmd17"
+        try:
+            with np.load(path) as data:
+                return "rmd17" if "nuclear_charges" in data.files else "md17"
+        except FileNotFoundError:
+            raise
+        except Exception:  # noqa: BLE001 - not a readable npz; the reader gives the precise error
+            return "md17"
+    if name.endswith(ASE_SUFFIXES):
+        return "ase"
+    raise DataFormatError(
+        source, f"cannot guess the format from the file name; pass --format ({', '.join(FORMATS)})"
+    )
+
+
+def _head(table, limit: int):
+    """The first ``limit`` molecules of a :class:`MoleculeTable`."""
+    from dataclasses import replace
+
+    if limit is None or limit >= table.n_molecules:
+        return table
+    n_mol, n_at = int(limit), int(table.offsets[limit])
+    props = {k: (v[:n_at] if k in table.per_atom else v[:n_mol]) for k, v in table.properties.items()}
+    return replace(
+        table,
+        numbers=table.numbers[:n_at],
+        positions=table.positions[:n_at],
+        n_atoms=table.n_atoms[:n_mol],
+        properties=props,
+        cells=None if table.cells is None else table.cells[:n_mol],
+        pbcs=None if table.pbcs is None else table.pbcs[:n_mol],
+        ids=None if table.ids is None else table.ids[:n_mol],
+    )
+
+
+def read_source(
+    source: str,
+    fmt: str | None = None,
+    limit: int | None = None,
+    exclude_uncharacterized: bool = False,
+    energy_unit: str | None = None,
+    hof: str | None = None,
+    progress: bool = True,
+):
+    """Read ``source`` with the reader of ``fmt`` (guessed if ``None``) into a MoleculeTable (source units)."""
+    fmt = fmt or guess_format(source)
+    if fmt != "qm9pack" and not Path(source).exists():
+        raise FileNotFoundError(f"{source}: no such file")
+    if fmt == "qm9":
+        from atomnet.data.qm9 import read_qm9_tarball
+
+        return read_qm9_tarball(
+            source, limit=limit, exclude_uncharacterized=exclude_uncharacterized, progress=progress
+        )
+    if fmt == "qm9pack":
+        from atomnet.data.qm9 import read_qm9pack
+
+        return read_qm9pack(limit=limit)
+    if fmt == "md17":
+        from atomnet.data.md17 import read_md17_npz
+
+        table = read_md17_npz(source)
+    elif fmt == "rmd17":
+        from atomnet.data.md17 import read_rmd17_npz
+
+        table = read_rmd17_npz(source)
+    elif fmt == "qm7":
+        from atomnet.data.qm7 import read_qm7
+
+        hof_path = hof or str(Path(source).with_name("hof_qm7.txt"))
+        table = read_qm7(source, hof_path)
+    elif fmt == "ase":
+        from atomnet.data.ase_io import read_ase
+
+        table = read_ase(source, energy_unit=energy_unit or "eV")
+    else:
+        raise AtomNetError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    return _head(table, limit)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data_command == "convert":
+        return _convert(args)
+    if args.data_command == "info":
+        from atomnet.data.store import Store, format_summary
+
+        with Store(args.store) as store:
+            print(format_summary(store.summary()))
+        return 0
+    if args.data_command == "download":
+        from atomnet.data.download import download
+
+        path = download(args.name, args.dest)
+        print(path)
+        return 0
+    raise AtomNetError(f"unknown action {args.data_command!r}")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from atomnet.data.store import Store, format_summary, write_store
+
+    if args.limit is not None and args.limit < 1:
+        raise AtomNetError(f"--limit must be >= 1, got {args.limit}")
+    progress = not args.no_progress
+    table = read_source(
+        args.source,
+        args.format,
+        limit=args.limit,
+        exclude_uncharacterized=args.exclude_uncharacterized,
+        energy_unit=args.energy_unit,
+        hof=args.hof,
+        progress=progress,
+    )
+    source = args.source if Path(args.source).is_file() else None
+    write_store(table, args.output, progress=progress, source=source)
+    with Store(args.output) as store:
+        print(f"wrote {args.output}")
+        print(format_summary(store.summary()))
+    return 0

@@ -1,0 +1,435 @@
+"""The on-disk HDF5 store: one file per dataset, ragged layout, internal units (eV, Å, eV/Å).
+
+Layout (all datasets contiguous and uncompressed, so they can be memory-mapped):
+
+=============================  ==========================  ==========================================
+dataset                        shape                       dtype / unit
+=============================  ==========================  ==========================================
+``numbers``                    (n_atoms_total,)            int8, atomic numbers Z
+``positions``                  (n_atoms_total, 3)          float32, Angstrom
+``offsets``                    (n_molecules + 1,)          int64, first atom of each molecule
+``properties/<name>``          (n_molecules, ...)          float64 for energies (eV), else float32
+``atom_properties/<name>``     (n_atoms_total, ...)        float32 (forces: eV/Angstrom)
+``cells``, ``pbcs``, ``ids``   (n_molecules, 3, 3), (n, 3)  optional: Angstrom, bool, int64
+=============================  ==========================  ==========================================
+
+Every dataset carries the attributes ``unit`` (internal) and ``source_unit``. File attributes record the
+format version, atomnet version, source, sha256 of the source file, conversion date (UTC, ISO 8601) and
+the reader's ``meta`` (prefixed ``meta.``). h5py is used only in this module and :mod:`atomnet.data.dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from atomnet.data.table import MoleculeTable
+from atomnet.errors import DataFormatError
+from atomnet.units import internal_unit, unit_factor
+
+FORMAT_NAME = "atomnet-store"
+FORMAT_VERSION = 1
+REQUIRED = ("numbers", "positions", "offsets")
+MAX_Z = 118
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _molecule_of_atom(offsets: np.ndarray, atom: int) -> int:
+    return int(np.searchsorted(offsets, atom, side="right") - 1)
+
+
+def validate_table(table: MoleculeTable) -> None:
+    """Raise :class:`DataFormatError` (naming the molecule) for tables the store cannot hold.
+
+    Checks: shapes of numbers/positions/n_atoms/properties/cells, empty molecules, atomic numbers in
+    1..118, finite positions.
+    """
+    src = table.source or "<table>"
+    n_atoms = np.asarray(table.n_atoms)
+    numbers = np.asarray(table.numbers)
+    positions = np.asarray(table.positions)
+    if n_atoms.ndim != 1:
+        raise DataFormatError(src, f"n_atoms must be 1-dimensional, got shape {n_atoms.shape}")
+    if n_atoms.size and n_atoms.min() < 1:
+        m = int(np.argmin(n_atoms))
+        raise DataFormatError(src, "empty molecule (0 atoms)", f"molecule {m}")
+    total = int(n_atoms.sum())
+    if numbers.shape != (total,):
+        raise DataFormatError(src, f"numbers has shape {numbers.shape}, expected ({total},) = sum(n_atoms)")
+    if positions.shape != (total, 3):
+        raise DataFormatError(src, f"positions has shape {positions.shape}, expected ({total}, 3)")
+    offsets = table.offsets
+    bad = np.flatnonzero((numbers < 1) | (numbers > MAX_Z))
+    if bad.size:
+        a = int(bad[0])
+        raise DataFormatError(
+            src,
+            f"atomic number {int(numbers[a])} outside 1..{MAX_Z}",
+            f"molecule {_molecule_of_atom(offsets, a)}",
+        )
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if bad.size:
+        a = int(bad[0])
+        raise DataFormatError(
+            src, f"non-finite position {positions[a].tolist()}", f"molecule {_molecule_of_atom(offsets, a)}"
+        )
+    n_mol = len(n_atoms)
+    for name, values in table.properties.items():
+        expected = total if name in table.per_atom else n_mol
+        what = "per-atom" if name in table.per_atom else "per-molecule"
+        if np.ndim(values) == 0 or len(values) != expected:
+            raise DataFormatError(
+                src,
+                f"{what} property {name!r} has shape {np.shape(values)}, expected first dimension {expected}",
+            )
+    for name, arr, shape in (("cells", table.cells, (n_mol, 3, 3)), ("pbcs", table.pbcs, (n_mol, 3))):
+        if arr is not None and np.shape(arr) != shape:
+            raise DataFormatError(src, f"{name} has shape {np.shape(arr)}, expected {shape}")
+    if table.ids is not None and np.shape(table.ids) != (n_mol,):
+        raise DataFormatError(src, f"ids has shape {np.shape(table.ids)}, expected ({n_mol},)")
+
+
+def _convert(values: np.ndarray, source_unit: str) -> tuple[np.ndarray, str]:
+    """Values in internal units (float64 for energies in eV, float32 for other floats) and the unit name."""
+    values = np.asarray(values)
+    unit = internal_unit(source_unit) if source_unit else ""
+    factor = unit_factor(source_unit) if source_unit else 1.0
+    if values.dtype.kind in "iub" and factor == 1.0:
+        return values, unit
+    if values.dtype.kind not in "iubf":
+        raise TypeError(f"cannot store non-numeric values of dtype {values.dtype}")
+    dtype = np.float64 if unit == "eV" else np.float32
+    return (values.astype(np.float64) * factor).astype(dtype), unit
+
+
+def _write_dataset(group: h5py.Group, name: str, data: np.ndarray, unit: str, source_unit: str) -> None:
+    """Write one contiguous, uncompressed dataset with its unit attributes."""
+    dset = group.create_dataset(name, data=np.ascontiguousarray(data))
+    dset.attrs["unit"] = unit
+    dset.attrs["source_unit"] = source_unit
+
+
+def write_store(
+    table: MoleculeTable, path: str | os.PathLike, progress: bool = True, source: str | None = None
+) -> Path:
+    """Convert ``table`` (source units) to internal units and write it as an HDF5 store at ``path``.
+
+    The file is written to a temporary file in the same directory and renamed at the end, so an
+    interrupted or failed conversion leaves neither a half-written store nor the temporary file.
+
+    Args:
+        table: reader output, in its source units (``table.units``, ``table.length_unit``).
+        path: output ``.h5`` file (overwritten if present).
+        progress: show a tqdm progress bar over the datasets written.
+        source: source file for provenance (default ``table.source``); its sha256 is recorded if it is a file.
+
+    Returns:
+        The output path.
+    """
+    validate_table(table)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = str(source if source is not None else table.source)
+    digest = sha256_of(source) if source and os.path.isfile(source) else ""
+    length_unit = table.length_unit or "Angstrom"
+    lf = unit_factor(length_unit)
+
+    jobs: list[tuple[str, str, object, str]] = [
+        ("", "numbers", lambda: np.asarray(table.numbers).astype(np.int8), ""),
+        (
+            "",
+            "positions",
+            lambda: (np.asarray(table.positions, np.float64) * lf).astype(np.float32),
+            length_unit,
+        ),
+        ("", "offsets", lambda: table.offsets, ""),
+    ]
+    if table.cells is not None:
+        jobs.append(
+            ("", "cells", lambda: (np.asarray(table.cells, np.float64) * lf).astype(np.float32), length_unit)
+        )
+    if table.pbcs is not None:
+        jobs.append(("", "pbcs", lambda: np.asarray(table.pbcs, dtype=bool), ""))
+    if table.ids is not None:
+        jobs.append(("", "ids", lambda: np.asarray(table.ids, dtype=np.int64), ""))
+    for name in table.properties:
+        group = "atom_properties" if name in table.per_atom else "properties"
+        jobs.append((group, name, None, table.units.get(name, "")))
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        from tqdm.auto import tqdm
+
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            from atomnet import __version__
+
+            f.attrs["atomnet_version"] = __version__
+            f.attrs["source"] = source
+            f.attrs["source_sha256"] = digest
+            f.attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["length_source_unit"] = length_unit
+            for key, value in table.meta.items():
+                f.attrs[f"meta.{key}"] = str(value)
+            for group_name in ("properties", "atom_properties"):
+                f.create_group(group_name)
+            for group_name, name, make, src_unit in tqdm(
+                jobs, desc=f"writing {path.name}", disable=not progress, unit="dataset"
+            ):
+                group = f[group_name] if group_name else f
+                if make is None:
+                    try:
+                        data, unit = _convert(table.properties[name], src_unit)
+                    except TypeError as exc:
+                        raise DataFormatError(source or "<table>", f"property {name!r}: {exc}") from None
+                else:
+                    data = make()
+                    unit = internal_unit(src_unit) if src_unit else ""
+                _write_dataset(group, name, data, unit, src_unit)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class Store:
+    """Read access to an HDF5 store written by :func:`write_store` (values in internal units).
+
+    Opening checks that the file is HDF5, not truncated, an atomnet store of a supported format version
+    and has the required datasets; problems raise :class:`DataFormatError` naming the file.
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such store")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DataFormatError(
+                self.path, f"not a readable HDF5 file (truncated or corrupt?): {exc}"
+            ) from None
+        try:
+            self._check()
+        except BaseException:
+            self.file.close()
+            raise
+        self.offsets: np.ndarray = self.file["offsets"][()]
+        """(n_molecules + 1,) int64 first atom of each molecule."""
+
+    def _check(self) -> None:
+        f = self.file
+        if f.attrs.get("format") != FORMAT_NAME:
+            raise DataFormatError(self.path, f"not an atomnet store (attribute 'format' != {FORMAT_NAME!r})")
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise DataFormatError(
+                self.path, f"store format version {version} is not supported (expected {FORMAT_VERSION})"
+            )
+        for name in REQUIRED:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise DataFormatError(self.path, f"missing dataset {name!r}")
+        try:
+            offsets = f["offsets"][()]
+            n_total = f["numbers"].shape[0]
+            if f["positions"].shape != (n_total, 3):
+                raise DataFormatError(self.path, f"positions shape {f['positions'].shape} != ({n_total}, 3)")
+            if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != n_total or np.any(np.diff(offsets) < 0):
+                raise DataFormatError(self.path, "offsets are inconsistent with the number of atoms")
+            n_mol = len(offsets) - 1
+            for group, size in (("properties", n_mol), ("atom_properties", n_total)):
+                for name, dset in f.get(group, {}).items():
+                    if dset.shape[:1] != (size,):
+                        raise DataFormatError(
+                            self.path,
+                            f"{group}/{name} has shape {dset.shape}, expected first dimension {size}",
+                        )
+        except (OSError, KeyError, ValueError) as exc:
+            if isinstance(exc, DataFormatError):
+                raise
+            raise DataFormatError(self.path, f"corrupt store: {exc}") from None
+
+    # --- basic facts ------------------------------------------------------------------------
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __len__(self) -> int:
+        return self.n_molecules
+
+    @property
+    def n_molecules(self) -> int:
+        return int(len(self.offsets) - 1)
+
+    @property
+    def n_atoms_total(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """(n_molecules,) int64 atoms per molecule."""
+        return np.diff(self.offsets)
+
+    @property
+    def numbers(self) -> np.ndarray:
+        """(n_atoms_total,) int64 atomic numbers."""
+        return self.file["numbers"][()].astype(np.int64)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """(n_atoms_total, 3) float32 Å."""
+        return self.file["positions"][()]
+
+    @property
+    def property_names(self) -> list[str]:
+        """Per-molecule property names (datasets under ``properties/``)."""
+        return list(self.file.get("properties", {}).keys())
+
+    @property
+    def atom_property_names(self) -> list[str]:
+        """Per-atom property names (datasets under ``atom_properties/``)."""
+        return list(self.file.get("atom_properties", {}).keys())
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        """File attributes (provenance) as plain Python values."""
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self.file.attrs.items()}
+
+    def dataset_path(self, name: str) -> str:
+        """HDF5 path of a property: ``properties/<name>`` or ``atom_properties/<name>``."""
+        for group in ("properties", "atom_properties"):
+            if name in self.file.get(group, {}):
+                return f"{group}/{name}"
+        known = self.property_names + self.atom_property_names
+        raise DataFormatError(self.path, f"no property {name!r}; available: {known}")
+
+    def is_per_atom(self, name: str) -> bool:
+        return self.dataset_path(name).startswith("atom_")
+
+    def property(self, name: str) -> np.ndarray:
+        """All values of property ``name`` in internal units (first dimension n_molecules or n_atoms_total)."""
+        return self.file[self.dataset_path(name)][()]
+
+    def unit(self, name: str) -> str:
+        """Internal unit of a property (or ``positions``)."""
+        key = name if name in self.file else self.dataset_path(name)
+        return str(self.file[key].attrs.get("unit", ""))
+
+    def source_unit(self, name: str) -> str:
+        key = name if name in self.file else self.dataset_path(name)
+        return str(self.file[key].attrs.get("source_unit", ""))
+
+    def array_spec(self, h5_path: str) -> tuple[int | None, np.dtype, tuple[int, ...]]:
+        """(byte offset in the file, dtype, shape) of a dataset, for ``np.memmap``.
+
+        The offset is ``None`` when the dataset cannot be memory-mapped (chunked, compressed, empty or
+        not numeric); read it with ``store.file[h5_path][()]`` instead.
+        """
+        dset = self.file[h5_path]
+        offset = None
+        if dset.chunks is None and dset.compression is None and dset.size > 0 and dset.dtype.kind in "iubf":
+            try:
+                offset = dset.id.get_offset()
+            except Exception:  # noqa: BLE001 - any failure means: read the array instead
+                offset = None
+        return offset, dset.dtype, tuple(dset.shape)
+
+    def molecule(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(numbers (n,), positions (n, 3) Å) of molecule ``index``."""
+        a, b = int(self.offsets[index]), int(self.offsets[index + 1])
+        return self.file["numbers"][a:b].astype(np.int64), self.file["positions"][a:b]
+
+    # --- summary ----------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Counts, elements and per-property statistics (mean/std/min/max in internal units).
+
+        Returns a dict with keys ``n_molecules``, ``n_atoms_total``, ``atoms_per_molecule``
+        (min/mean/max), ``elements`` ({Z: atom count}), ``properties`` ({name: {unit, source_unit,
+        per_atom, shape, mean, std, min, max}}) and ``attrs`` (provenance).
+        """
+        n_atoms = self.n_atoms
+        z, counts = np.unique(self.file["numbers"][()], return_counts=True)
+        props = {}
+        for name in self.property_names + self.atom_property_names:
+            values = self.property(name)
+            entry = {
+                "unit": self.unit(name),
+                "source_unit": self.source_unit(name),
+                "per_atom": self.is_per_atom(name),
+                "shape": tuple(values.shape[1:]),
+            }
+            if values.dtype.kind in "iuf" and values.size:
+                v = values.astype(np.float64)
+                entry.update(
+                    mean=float(np.nanmean(v)),
+                    std=float(np.nanstd(v)),
+                    min=float(np.nanmin(v)),
+                    max=float(np.nanmax(v)),
+                )
+            props[name] = entry
+        return {
+            "n_molecules": self.n_molecules,
+            "n_atoms_total": self.n_atoms_total,
+            "atoms_per_molecule": {
+                "min": int(n_atoms.min()) if n_atoms.size else 0,
+                "mean": float(n_atoms.mean()) if n_atoms.size else 0.0,
+                "max": int(n_atoms.max()) if n_atoms.size else 0,
+            },
+            "elements": {int(a): int(c) for a, c in zip(z, counts, strict=True)},
+            "properties": props,
+            "attrs": self.attrs,
+        }
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open an HDF5 store for reading (see :class:`Store`)."""
+    return Store(path)
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable text of :meth:`Store.summary` (used by ``atomnet data info``)."""
+    from ase.data import chemical_symbols
+
+    a = summary["atoms_per_molecule"]
+    attrs = summary["attrs"]
+    lines = [
+        f"molecules: {summary['n_molecules']}   atoms: {summary['n_atoms_total']}   "
+        f"atoms/molecule: {a['min']}..{a['max']} (mean {a['mean']:.2f})",
+        "elements: " + ", ".join(f"{chemical_symbols[z]} {c}" for z, c in summary["elements"].items()),
+        f"source: {attrs.get('source', '')}  sha256: {attrs.get('source_sha256', '') or '-'}",
+        f"converted: {attrs.get('created_utc', '')} by atomnet {attrs.get('atomnet_version', '')} "
+        f"(store format {attrs.get('format_version', '')}); internal units eV, Angstrom",
+        f"{'property':<16} {'unit':<14} {'source unit':<20} {'mean':>14} {'std':>12} {'min':>14} {'max':>14}",
+    ]
+    for name, p in summary["properties"].items():
+        label = name + (" (atom)" if p["per_atom"] else "")
+        if "mean" in p:
+            stats = f"{p['mean']:>14.6g} {p['std']:>12.6g} {p['min']:>14.6g} {p['max']:>14.6g}"
+        else:
+            stats = ""
+        lines.append(f"{label:<16} {p['unit'] or '-':<14} {p['source_unit'] or '-':<20} {stats}")
+    return "\n".join(lines)
