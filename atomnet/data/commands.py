@@ -129,11 +129,12 @@ def read_source(
         from atomnet.data.qm7 import read_qm7
 
         hof_path = hof or str(Path(source).with_name("hof_qm7.txt"))
-        table = read_qm7(source, hof_path)
+        return read_qm7(source, hof_path, limit=limit)
     elif fmt == "ase":
         from atomnet.data.ase_io import read_ase
 
-        table = read_ase(source, energy_unit=energy_unit or "eV")
+        index = ":" if limit is None else f":{int(limit)}"
+        table = read_ase(source, index=index, energy_unit=energy_unit or "eV")
     else:
         raise AtomNetError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     return _head(table, limit)
@@ -151,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "download":
         from atomnet.data.download import download
 
-        path = download(args.name, args.dest)
-        print(path)
+        paths = download(args.name, args.dest)
+        for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+            print(path)
         return 0
     raise AtomNetError(f"unknown action {args.data_command!r}")
 
