@@ -1,0 +1,206 @@
+"""Generic ASE input/output: extxyz and ASE-db in, extxyz out (the only data module that imports ase).
+
+ASE stores results of a calculator (``energy``, ``forces``; extxyz ``energy=`` in the header and a ``forces``
+column become a SinglePointCalculator), other per-frame values in ``atoms.info`` and per-atom arrays in
+``atoms.arrays``. ASE's convention is eV and Å, but many files are not (the MD17/rMD17 extxyz files hold kcal/mol and
+kcal/mol/Å): state the units with ``energy_unit=``; they are recorded in the table, not converted.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from atomnet.data.table import MoleculeTable
+from atomnet.errors import DataFormatError
+from atomnet.units import internal_unit, length_factor, unit_factor
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _value(atoms: ase.Atoms, key: str, per_atom: bool):
+    """Value of ``key`` from the calculator results, else from arrays (per atom) or info; ``None`` if absent."""
+    if atoms.calc is not None and key in getattr(atoms.calc, "results", {}):
+        return atoms.calc.results[key]
+    if per_atom:
+        return atoms.arrays.get(key)
+    return atoms.info.get(key)
+
+
+def read_ase(
+    path: str | Path,
+    index: str | int = ":",
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    energy_unit: str = "eV",
+    length_unit: str = "Angstrom",
+    forces_unit: str | None = None,
+    format: str | None = None,
+) -> MoleculeTable:
+    """Read frames with :func:`ase.io.read` (extxyz, ASE-db ``.db`` and any format ASE knows).
+
+    Args:
+        path: file to read.
+        index: ASE frame selection (``":"`` all, ``"0:100"``, ``-1``).
+        energy_key: name of the energy (calculator result, else ``atoms.info``). ``None``: use ``"energy"`` if
+            every frame has it, else read no energy. A given key missing in a frame is an error.
+        forces_key: name of the per-atom forces (calculator result, else ``atoms.arrays``); same rules.
+        energy_unit: unit of the energies in the file (``"eV"``, ``"kcal/mol"``, ``"Hartree"``).
+        length_unit: unit of positions/cells in the file.
+        forces_unit: default ``f"{energy_unit}/{length_unit}"``.
+        format: ASE format name, guessed from the file name if ``None``.
+
+    Returns:
+        MoleculeTable with positions (n_atoms_total, 3) in ``length_unit``, ``energy`` (n,) and per-atom ``forces``
+        (n_atoms_total, 3) when present, units as stated, cells (n, 3, 3)/pbcs (n, 3) if any frame is periodic.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "file not found")
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except Exception as e:  # ASE raises many types for malformed files
+        raise DataFormatError(path, f"cannot read with ASE ({_one_line(e)})") from None
+    if isinstance(frames, ase.Atoms):
+        frames = [frames]
+    if not frames:
+        raise DataFormatError(path, f"no frames selected by index {index!r}")
+    forces_unit = forces_unit or f"{energy_unit}/{length_unit}"
+
+    positions = []
+    for i, atoms in enumerate(frames):
+        if len(atoms) == 0:
+            raise DataFormatError(path, "empty structure (0 atoms)", f"frame {i}")
+        pos = atoms.get_positions()
+        if not np.isfinite(pos).all():
+            raise DataFormatError(
+                path, "NaN/inf coordinates", f"frame {i}, atom {int(np.argmax(~np.isfinite(pos).all(1)))}"
+            )
+        positions.append(pos)
+
+    properties: dict[str, np.ndarray] = {}
+    units: dict[str, str] = {}
+    energy_name = energy_key or "energy"
+    energies = [_value(a, energy_name, per_atom=False) for a in frames]
+    if energy_key is not None or all(e is not None for e in energies):
+        for i, e in enumerate(energies):
+            if e is None:
+                raise DataFormatError(
+                    path, f"no energy {energy_name!r} (calculator result or info key)", f"frame {i}"
+                )
+        arr = np.array([float(np.asarray(e).reshape(-1)[0]) for e in energies])
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise DataFormatError(path, f"NaN/inf energy {energy_name!r}", f"frame {int(np.argmax(bad))}")
+        properties["energy"] = arr
+        units["energy"] = energy_unit
+    forces_name = forces_key or "forces"
+    forces = [_value(a, forces_name, per_atom=True) for a in frames]
+    if forces_key is not None or all(f is not None for f in forces):
+        for i, (f, a) in enumerate(zip(forces, frames, strict=True)):
+            if f is None:
+                raise DataFormatError(
+                    path, f"no forces {forces_name!r} (calculator result or per-atom array)", f"frame {i}"
+                )
+            if np.shape(f) != (len(a), 3):
+                raise DataFormatError(
+                    path, f"forces shape {np.shape(f)}, expected ({len(a)}, 3)", f"frame {i}"
+                )
+            if not np.isfinite(f).all():
+                raise DataFormatError(path, f"NaN/inf forces {forces_name!r}", f"frame {i}")
+        properties["forces"] = np.concatenate([np.asarray(f, dtype=np.float64) for f in forces])
+        units["forces"] = forces_unit
+
+    pbcs = np.array([a.get_pbc() for a in frames], dtype=bool)
+    file_ids = [a.info.get("id") for a in frames]
+    has_ids = all(isinstance(i, (int, np.integer)) for i in file_ids)
+    ids = np.array(file_ids, dtype=np.int64) if has_ids else np.arange(len(frames), dtype=np.int64)
+    periodic = bool(pbcs.any())
+    return MoleculeTable(
+        numbers=np.concatenate([a.get_atomic_numbers() for a in frames]).astype(np.int64),
+        positions=np.concatenate(positions),
+        n_atoms=np.array([len(a) for a in frames], dtype=np.int64),
+        properties=properties,
+        units=units,
+        per_atom={"forces"} & set(properties),
+        length_unit=length_unit,
+        cells=np.array([a.get_cell().array for a in frames]) if periodic else None,
+        pbcs=pbcs if periodic else None,
+        source=str(path),
+        ids=ids,
+        meta={"format": f"ase:{format or path.suffix.lstrip('.') or 'auto'}"},
+    )
+
+
+def table_to_atoms(table: MoleculeTable, internal_units: bool = True) -> list[ase.Atoms]:
+    """One ``ase.Atoms`` per molecule. ``energy``/``forces`` go to a SinglePointCalculator, other per-molecule
+    properties to ``info`` and per-atom ones to ``arrays``.
+
+    ``internal_units=True`` converts to eV and Å (ASE's convention) with :func:`atomnet.units.unit_factor`;
+    units it does not know (D, GHz, ...) are kept. ``False`` writes the table's numbers as they are.
+    """
+    lf = length_factor(table.length_unit) if internal_units else 1.0
+    factors = {k: (unit_factor(u) if internal_units else 1.0) for k, u in table.units.items()}
+    o = table.offsets
+    out = []
+    for m in range(table.n_molecules):
+        a, b = o[m], o[m + 1]
+        atoms = ase.Atoms(numbers=table.numbers[a:b], positions=table.positions[a:b] * lf)
+        if table.cells is not None:
+            atoms.cell = table.cells[m] * lf
+            atoms.pbc = table.pbcs[m] if table.pbcs is not None else True
+        results = {}
+        for key, values in table.properties.items():
+            f = factors.get(key, 1.0)
+            if key in table.per_atom:
+                v = np.asarray(values[a:b]) * f
+                if key == "forces":
+                    results["forces"] = v
+                else:
+                    atoms.arrays[key] = v
+            else:
+                v = values[m] * f
+                if key == "energy":
+                    results["energy"] = float(v)
+                else:
+                    atoms.info[key] = v.item() if np.ndim(v) == 0 else np.asarray(v)
+        if table.ids is not None:
+            atoms.info["id"] = int(table.ids[m])
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        out.append(atoms)
+    return out
+
+
+def write_extxyz(table: MoleculeTable, path: str | Path, internal_units: bool = True) -> Path:
+    """Write ``table`` as extended XYZ, atomically (temp file in the same folder, then ``os.replace``).
+
+    Energies/forces are written as ASE calculator results (``energy=`` header, ``forces`` column). With
+    ``internal_units=True`` (default) values are converted to eV, eV/Å and Å, so ASE and :func:`read_ase`
+    read them with the default units; the unit names written are recorded in the header key ``units``.
+    """
+    path = Path(path)
+    atoms_list = table_to_atoms(table, internal_units=internal_units)
+    names = {k: (internal_unit(u) if internal_units else u) for k, u in table.units.items()}
+    length = "Angstrom" if internal_units else table.length_unit
+    units_text = ";".join([f"positions={length}", *(f"{k}={v}" for k, v in sorted(names.items()))])
+    for atoms in atoms_list:
+        atoms.info["units"] = units_text
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ase.io.write(tmp, atoms_list, format="extxyz")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
