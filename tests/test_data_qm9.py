@@ -199,3 +199,19 @@ def test_bad_atomref(tmp_path):
     path.write_text("   H     0.000000     -0.500273      x       -0.497912       -0.510927       2.981\n")
     with pytest.raises(DataFormatError, match=r"atomref\.txt \(line 1\): non-numeric"):
         read_qm9_atomrefs(path)
+
+
+def test_qm9pack_not_installed(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install qm9pack"):
+        read_qm9pack(limit=1)
+
+
+@pytest.mark.slow
+def test_full_subset(shared_data):
+    table = read_qm9_tarball(
+        shared_data / "qm9" / "qm9_subset.tar.bz2", exclude_uncharacterized=True, progress=False
+    )
+    expected = np.loadtxt(shared_data / "qm9" / "qm9_subset_gdb_indices.txt", dtype=np.int64)
+    assert table.n_molecules == 10_000 and sorted(table.ids.tolist()) == sorted(expected.tolist())
+    assert table.meta["excluded_uncharacterized"] == "0"  # the subset comes from qm9pack, which omits them
