@@ -122,3 +122,20 @@ def test_non_contiguous_store_falls_back_to_reading(store_path, tmp_path):
     assert not isinstance(ds._open()["positions"], np.memmap)
     ref, _ = expected_batch(table, [1, 2], 3.0)
     assert torch.equal(ds.__getitems__([1, 2]).positions, ref.positions)
+
+
+@pytest.mark.parametrize("sizes", [[5, 7, 6, 8], [1, 2, 30, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]])
+def test_molecular_pairs_dense_and_flat_paths_match_brute_force(sizes):
+    from atomnet.data.neighbors import molecular_pairs
+
+    rng = np.random.default_rng(len(sizes))
+    n_atoms = torch.tensor(sizes)
+    positions = torch.tensor(rng.normal(size=(sum(sizes), 3)) * 2.0, dtype=torch.float64)
+    pair_i, pair_j = molecular_pairs(positions, n_atoms, 2.5)
+    expected, start = [], 0
+    for n in sizes:
+        p = positions[start : start + n].numpy()
+        d = np.linalg.norm(p[None, :] - p[:, None], axis=-1)
+        expected += [(start + a, start + b) for a in range(n) for b in range(n) if a != b and d[a, b] < 2.5]
+        start += n
+    assert list(zip(pair_i.tolist(), pair_j.tolist(), strict=True)) == expected

@@ -34,6 +34,10 @@ def molecular_pairs(
     n_atoms = n_atoms.to(torch.long)
     device = positions.device
     n_sq = n_atoms * n_atoms
+    if cutoff is not None and n_atoms.numel() > 0:
+        n_max = int(n_atoms.max())
+        if n_atoms.shape[0] * n_max * n_max <= 4 * int(n_sq.sum()):  # modest padding: faster dense path
+            return _padded_pairs(positions, n_atoms, n_max, cutoff)
     n_mol = n_atoms.shape[0]
     mol = torch.repeat_interleave(torch.arange(n_mol, device=device), n_sq)
     pair_start = torch.cumsum(n_sq, 0) - n_sq
@@ -52,6 +56,31 @@ def molecular_pairs(
             within = d2 < cutoff * cutoff
         pair_i, pair_j = pair_i[within], pair_j[within]
     return pair_i, pair_j
+
+
+def _padded_pairs(
+    positions: torch.Tensor, n_atoms: torch.Tensor, n_max: int, cutoff: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`molecular_pairs` on molecules padded to ``n_max`` atoms (same pairs, same order).
+
+    Coordinates are laid out as (3, n_molecules, n_max) so the squared distances are a few elementwise
+    passes; padding is NaN (never within the cutoff) and the diagonal is set to inf (no self pairs).
+    """
+    device = positions.device
+    n_mol = n_atoms.shape[0]
+    start = torch.cumsum(n_atoms, 0) - n_atoms
+    mol = torch.repeat_interleave(torch.arange(n_mol, device=device), n_atoms)
+    local = torch.arange(positions.shape[0], device=device) - start[mol]
+    with torch.no_grad():
+        pad = positions.new_full((3, n_mol, n_max), float("nan"))
+        pad[:, mol, local] = positions.detach().T
+        d2 = pad[:, :, None, :] - pad[:, :, :, None]  # (3, n_mol, a, b): R_b - R_a
+        d2.mul_(d2)
+        d2 = d2[0].add_(d2[1]).add_(d2[2])
+        d2.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+        m, a, b = (d2 < cutoff * cutoff).nonzero(as_tuple=True)
+    offset = start[m]
+    return a + offset, b + offset
 
 
 def linear_pairs(
