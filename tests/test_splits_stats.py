@@ -87,3 +87,18 @@ def test_mean_energy_per_atom_on_subset(atomref_store):
     assert value == pytest.approx(np.mean(energy[idx] * HARTREE / n_atoms[idx]), rel=1e-12)
     with pytest.raises(ValueError, match="max_z"):
         fit_atomrefs(path, "U0", max_z=5)
+
+
+def test_split_from_index_files(tmp_path):
+    from atomnet.data.splits import split_from_index_files
+
+    (tmp_path / "index_train_01.csv").write_text("\n".join(map(str, range(0, 40))) + "\n")
+    (tmp_path / "index_test_01.csv").write_text("\n".join(map(str, range(40, 50))) + "\n")
+    s = split_from_index_files(
+        tmp_path / "index_train_01.csv", tmp_path / "index_test_01.csv", n_val=10, seed=3
+    )
+    assert s.sizes() == (30, 10, 10)
+    assert sorted(np.concatenate([s.train, s.val]).tolist()) == list(range(40))
+    assert s.test.tolist() == list(range(40, 50))
+    with pytest.raises(DataFormatError, match="out of range"):
+        split_from_index_files(tmp_path / "index_train_01.csv", n=20)
