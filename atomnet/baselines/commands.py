@@ -242,6 +242,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         from atomnet.data.splits import random_split
 
+        if max(sizes) + (args.test_size or 1) > n:
+            raise AtomNetError(
+                f"need {max(sizes)} training and {args.test_size or 1}+ test molecules, "
+                f"but {args.dataset} has only {n}"
+            )
+
         split = random_split(n, (max(sizes), 0, args.test_size if args.test_size else None), args.seed)
         train, test = rng.permutation(split.train), split.test
     if args.test_size:
