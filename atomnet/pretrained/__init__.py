@@ -1,0 +1,50 @@
+"""Pretrained models shipped with atomnet, and :func:`load_model` for names, checkpoints and model files.
+
+``index.json`` lists every shipped model: file, data set, split sizes, units, measured errors, training time
+and the command that produced it. Files are atomnet model files (:func:`atomnet.models.save_model`), loaded
+with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from atomnet.errors import AtomNetError
+from atomnet.potential import Potential
+
+HERE = Path(__file__).parent
+INDEX = HERE / "index.json"
+
+
+def _index() -> dict[str, dict]:
+    if not INDEX.is_file():
+        return {}
+    return {entry["name"]: entry for entry in json.loads(INDEX.read_text())}
+
+
+def list_models() -> list[dict]:
+    """The shipped pretrained models: name, dataset, split sizes, units, measured errors, command."""
+    return list(_index().values())
+
+
+def load_model(path_or_name: str | os.PathLike, device: str = "cpu") -> Potential:
+    """A ready :class:`Potential` (eval mode) from a pretrained name, a Lightning ``.ckpt`` or a model file.
+
+    Files are read with ``torch.load(weights_only=True)``: a file holding pickled objects is refused.
+    """
+    from atomnet.training.checkpoints import load_potential
+
+    index = _index()
+    name = str(path_or_name)
+    if name in index:
+        path = HERE / index[name]["file"]
+    else:
+        path = Path(path_or_name)
+        if not path.exists():
+            raise AtomNetError(
+                f"{name!r} is neither a file nor a pretrained model; available: {sorted(index) or 'none'}"
+            )
+    potential, _ = load_potential(path)
+    return potential.to(device)

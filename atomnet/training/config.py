@@ -1,0 +1,336 @@
+"""Training configuration: flat YAML sections mapped onto dataclasses, validated with clear messages.
+
+A config file has four sections (every field has a default, see the dataclasses below)::
+
+    model:   {name: schnet, n_interactions: 3, ...}     # name + the model's constructor arguments
+    data:    {path: ../data/ethanol_xtb.extxyz, energy_unit: eV, split: [1000, 100, 100], ...}
+    optim:   {optimizer: adamw, lr: 5.0e-4, scheduler: plateau, ...}
+    train:   {seed: 0, max_epochs: 100, max_time: 10, out_dir: runs, ...}
+
+Any field can be overridden on the command line with ``--set section.key=value`` (value parsed as YAML,
+e.g. ``--set optim.lr=5e-4 --set data.split=[100,20,20]``). Unknown keys and wrong types raise
+:class:`~atomnet.errors.ConfigError` naming the key (``optim.lr: expected a number, got 'fast'``).
+
+Relative paths in ``data.path``/``data.split_file`` are resolved against the directory of the config file;
+if nothing exists there, against the current working directory. The resolved config (absolute paths) is
+saved next to the checkpoints as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atomnet.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """``name``: a registered model (``schnet``, ``dtnn``); ``hparams``: its constructor arguments.
+
+    In YAML the hyperparameters sit next to ``name`` (``model: {name: schnet, n_interactions: 6}``).
+    """
+
+    name: str = "schnet"
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where the data come from and how they are split and batched.
+
+    path: an atomnet HDF5 store (``.h5``) or a raw file converted on the fly into a cached store
+        (QM9 tarball, MD17/rMD17 npz, extxyz/ASE file); format: reader name or ``auto``.
+    energy_key / forces_key: property names in the store (``forces_key: null`` trains on energies only).
+    energy_unit: unit of the energies in the *source* file (eV, kcal/mol, Hartree); forces are in
+        ``energy_unit``/Å. For a store it must match the store's recorded source unit.
+    limit: use only the first N molecules of a raw file (``null``: all).
+    split: (n_train, n_val, n_test) counts or fractions; split_mode ``random`` (seeded by ``split_seed``,
+        default ``train.seed``) or ``sequential`` (first n_train frames, then n_val, then n_test);
+        split_file: an ``.npz`` split (:mod:`atomnet.data.splits`) that replaces ``split``.
+    cutoff: neighbour cutoff in Å (``null``: the model's cutoff). batch_size: molecules per batch.
+    atomrefs: ``fit`` per-element reference energies on the training split, or ``none`` (mean only).
+    """
+
+    path: str = "data/ethanol_xtb.extxyz"
+    format: str = "auto"
+    energy_key: str = "energy"
+    forces_key: str | None = "forces"
+    energy_unit: str = "eV"
+    limit: int | None = None
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_mode: str = "random"
+    split_seed: int | None = None
+    split_file: str | None = None
+    cutoff: float | None = None
+    batch_size: int = 32
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    atomrefs: str = "fit"
+    cache_dir: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and loss.
+
+    Loss = energy_weight · MSE(E) + forces_weight · MSE(F), in eV² and (eV/Å)².
+    scheduler: ``plateau`` (ReduceLROnPlateau on val_loss: plateau_factor, plateau_patience epochs),
+    ``cosine`` (per step, down to min_lr) or ``none``; warmup_steps: linear warm-up from 0.
+    ema_decay: exponential moving average of the weights used for validation/export (``null``: off).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10
+    min_lr: float = 1e-6
+    warmup_steps: int = 0
+    grad_clip: float | None = 10.0
+    ema_decay: float | None = None
+    energy_weight: float = 0.01
+    forces_weight: float = 0.99
+
+
+@dataclass
+class TrainConfig:
+    """Run control. max_time in minutes (``null``: no limit); early_stopping: patience in epochs (0: off).
+
+    precision: 32 or 64. num_threads: torch CPU threads (``null``: torch's default).
+    out_dir/name: the run directory is ``out_dir/name`` (``-2``, ``-3`` ... appended if it exists).
+    """
+
+    seed: int = 0
+    max_epochs: int = 100
+    max_time: float | None = None
+    early_stopping: int = 0
+    precision: int = 32
+    accelerator: str = "cpu"
+    num_threads: int | None = None
+    out_dir: str = "runs"
+    name: str = "run"
+    progress_bar: bool = True
+    log_every_n_steps: int = 50
+    check_val_every_n_epoch: int = 1
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    """A complete, resolved training configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Flat YAML form (model hparams next to ``name``)."""
+        d = asdict(self)
+        d["model"] = {"name": self.model.name, **self.model.hparams}
+        return d
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+CHOICES = {
+    "data.split_mode": ("random", "sequential"),
+    "data.atomrefs": ("fit", "none"),
+    "optim.optimizer": ("adam", "adamw"),
+    "optim.scheduler": ("plateau", "cosine", "none"),
+    "train.precision": (32, 64),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _check_value(key: str, value: Any, tp) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats. Returns the value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_value(key, value, a)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: unexpected value {value!r}")
+    if tp is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _model_hparams(name: str, hparams: dict) -> dict:
+    """Check model hyperparameters against the registered model's constructor signature."""
+    from atomnet.models import MODELS
+
+    if name.lower() not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r}; registered: {sorted(MODELS)}")
+    init = MODELS[name.lower()].__init__
+    params = {k: p for k, p in inspect.signature(init).parameters.items() if k != "self"}
+    hints = typing.get_type_hints(init)
+    out = {}
+    for key, value in hparams.items():
+        if key not in params:
+            raise ConfigError(f"model.{key}: unknown hyperparameter of {name!r}; known: {sorted(params)}")
+        out[key] = _check_value(f"model.{key}", value, hints.get(key, Any))
+    return out
+
+
+def config_from_dict(raw: dict | None) -> Config:
+    """Validate a nested dict (as read from YAML) and build a :class:`Config`."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config: expected a mapping of sections {sorted(SECTIONS)}, got {type(raw).__name__}"
+        )
+    for section in raw:
+        if section not in SECTIONS:
+            raise ConfigError(f"{section}: unknown section; known: {sorted(SECTIONS)}")
+    cfg = Config()
+    model_raw = dict(raw.get("model") or {})
+    if not isinstance(raw.get("model") or {}, dict):
+        raise ConfigError("model: expected a mapping")
+    name = _check_value("model.name", model_raw.pop("name", "schnet"), str)
+    nested = model_raw.pop("hparams", {}) or {}
+    cfg.model = ModelConfig(name.lower(), _model_hparams(name, {**nested, **model_raw}))
+    for section in ("data", "optim", "train"):
+        values = raw.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a mapping, got {values!r}")
+        cls = SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{section}.{key}: unknown key; known: {sorted(known)}")
+            kwargs[key] = _check_value(f"{section}.{key}", value, hints[key])
+            allowed = CHOICES.get(f"{section}.{key}")
+            if allowed is not None and kwargs[key] not in allowed:
+                raise ConfigError(f"{section}.{key}: expected one of {list(allowed)}, got {value!r}")
+        setattr(cfg, section, cls(**kwargs))
+    if len(cfg.data.split) != 3:
+        raise ConfigError(f"data.split: expected [n_train, n_val, n_test], got {cfg.data.split}")
+    if any(s > 1 for s in cfg.data.split):  # counts
+        if any(s != int(s) for s in cfg.data.split):
+            raise ConfigError(f"data.split: mix of counts and fractions {cfg.data.split}")
+        cfg.data.split = [int(s) for s in cfg.data.split]
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=5e-4"`` → (["optim", "lr"], 5e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, _, value = text.partition("=")
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: the key must be section.key (e.g. optim.lr)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {value!r} ({exc})") from None
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Apply ``--set section.key=value`` overrides to a raw config dict (a copy is returned)."""
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for text in overrides or []:
+        (section, key), value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"--set {section}.{key}: unknown section {section!r}; known: {sorted(SECTIONS)}"
+            )
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def _resolve_path(value: str | None, base: Path | None) -> str | None:
+    """Absolute path: relative to ``base`` (the config file's folder) if it exists there, else to cwd."""
+    if value is None:
+        return None
+    p = Path(os.path.expanduser(value))
+    if p.is_absolute():
+        return str(p)
+    if base is not None and (base / p).exists():
+        return str((base / p).resolve())
+    return str(p.resolve())
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or defaults if ``path`` is None), apply overrides, validate, resolve paths."""
+    raw: dict = {}
+    base = None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        base = path.resolve().parent
+    cfg = config_from_dict(apply_overrides(raw, overrides))
+    cfg.data.path = _resolve_path(cfg.data.path, base)
+    cfg.data.split_file = _resolve_path(cfg.data.split_file, base)
+    cfg.data.cache_dir = _resolve_path(cfg.data.cache_dir, base)
+    return cfg
+
+
+def replace(cfg: Config, **sections) -> Config:
+    """A copy of ``cfg`` with whole sections replaced."""
+    return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,185 @@
+"""``atomnet evaluate <ckpt-or-model> <data> [--out DIR]``: metrics table (printed + JSON), parity plot and
+error histogram (PNG).
+
+    atomnet evaluate runs/quickstart/best.ckpt data/ethanol_xtb.extxyz --energy-unit eV --out eval/
+    atomnet evaluate schnet-md17-ethanol ../shared/data/md17/ethanol_dft_1200.xyz --energy-unit kcal/mol \
+        --split-file runs/x/split.npz --subset val
+
+``<data>`` is a store (``.h5``) or any raw file the data readers know (converted into a cached store).
+MAE and RMSE are reported in eV (eV/Å) and kcal/mol (kcal/mol/Å).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atomnet import keys
+from atomnet.potential import Potential
+from atomnet.units import KCAL_PER_MOL
+
+EV_TO_KCAL = 1.0 / KCAL_PER_MOL  #: kcal/mol per eV
+
+
+@torch.no_grad()
+def predict(
+    potential: Potential, dataset, batch_size: int = 64, forces: bool = True
+) -> dict[str, np.ndarray]:
+    """Predictions and references over ``dataset`` (batches with ``energy``/``forces`` targets).
+
+    Returns numpy arrays: ``energy``/``energy_ref`` (n_molecules,) eV, ``n_atoms`` (n_molecules,),
+    ``index`` (n_molecules,) store indices, and if available ``forces``/``forces_ref`` (n_atoms_total, 3) eV/Å.
+    """
+    from atomnet.training.datamodule import INDEX
+
+    potential = potential.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+        want_f = forces and keys.FORCES in batch.targets
+        out = potential(batch, forces=want_f, create_graph=False)
+        rows = {
+            "energy": out[keys.ENERGY],
+            "energy_ref": batch.targets[keys.ENERGY],
+            "n_atoms": batch.n_atoms,
+        }
+        if INDEX in batch.targets:
+            rows["index"] = batch.targets[INDEX]
+        if want_f:
+            rows["forces"] = out[keys.FORCES]
+            rows["forces_ref"] = batch.targets[keys.FORCES]
+        for k, v in rows.items():
+            parts.setdefault(k, []).append(
+                v.detach().cpu().double().numpy() if v.is_floating_point() else v.numpy()
+            )
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """MAE/RMSE of energy (eV and kcal/mol, total and per atom) and force components (eV/Å, kcal/mol/Å)."""
+    de = pred["energy"] - pred["energy_ref"]
+    res: dict[str, float] = {"n_molecules": int(de.size)}
+    errors = {"energy": de, "energy_per_atom": de / pred["n_atoms"]}
+    if "forces" in pred:
+        errors["forces"] = (pred["forces"] - pred["forces_ref"]).reshape(-1)
+    for name, err in errors.items():
+        mae, rmse = float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err**2)))
+        unit = "eV/A" if name == "forces" else "eV"
+        res[f"{name}_mae_{unit}"] = mae
+        res[f"{name}_rmse_{unit}"] = rmse
+        kunit = "kcal/mol/A" if name == "forces" else "kcal/mol"
+        res[f"{name}_mae_{kunit}"] = mae * EV_TO_KCAL
+        res[f"{name}_rmse_{kunit}"] = rmse * EV_TO_KCAL
+    return res
+
+
+def format_metrics(metrics: dict[str, float], title: str = "") -> str:
+    """A small text table: quantity, MAE and RMSE in eV-based and kcal/mol-based units."""
+    lines = [title] if title else []
+    lines.append(f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}  unit       {'MAE':>10}{'RMSE':>10}  unit")
+    for name, unit, kunit in (
+        ("energy", "eV", "kcal/mol"),
+        ("energy_per_atom", "eV", "kcal/mol"),
+        ("forces", "eV/A", "kcal/mol/A"),
+    ):
+        if f"{name}_mae_{unit}" in metrics:
+            lines.append(
+                f"{name:<18}{metrics[f'{name}_mae_{unit}']:>12.5f}{metrics[f'{name}_rmse_{unit}']:>12.5f}  "
+                f"{unit:<10} {metrics[f'{name}_mae_{kunit}']:>10.4f}{metrics[f'{name}_rmse_{kunit}']:>10.4f}  {kunit}"
+            )
+    lines.append(f"({metrics['n_molecules']} molecules)")
+    return "\n".join(lines)
+
+
+def evaluate(
+    potential: Potential,
+    dataset,
+    out_dir: str | Path | None,
+    batch_size: int = 64,
+    title: str = "",
+    plots: bool = True,
+) -> tuple[dict[str, float], dict[str, Path]]:
+    """Predict, compute metrics and write ``metrics.json``, ``predictions.npz``, ``parity.png``, ``errors.png``.
+
+    Returns (metrics, {"json"|"parity"|"histogram"|"predictions": path}).
+    """
+    pred = predict(potential, dataset, batch_size)
+    metrics = compute_metrics(pred)
+    paths: dict[str, Path] = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths["json"] = out / "metrics.json"
+        paths["json"].write_text(json.dumps(metrics, indent=2))
+        paths["predictions"] = out / "predictions.npz"
+        np.savez(paths["predictions"], **pred)
+        if plots:
+            from atomnet.training.plots import error_histogram, parity_plot
+
+            paths["parity"] = parity_plot(pred, out / "parity.png", title=title)
+            paths["histogram"] = error_histogram(pred, out / "errors.png", title=title)
+    return metrics, paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="checkpoint (.ckpt), atomnet model file, or pretrained model name")
+    parser.add_argument("data", help="HDF5 store or raw data file (extxyz, QM9 tarball, MD17 npz)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: eval-<data name> next to the model)"
+    )
+    parser.add_argument("--format", default="auto", help="reader of a raw data file (default: guessed)")
+    parser.add_argument("--energy-key", default="energy", help="energy property (QM9: U0)")
+    parser.add_argument("--forces-key", default="forces", help="forces property ('none': energies only)")
+    parser.add_argument(
+        "--energy-unit", default="eV", help="unit of energies in the raw file (eV, kcal/mol, Hartree)"
+    )
+    parser.add_argument("--split-file", default=None, help="split .npz: evaluate only --subset of it")
+    parser.add_argument("--subset", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--limit", type=int, default=None, help="raw file: first N molecules only")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--cache-dir", default=None, help="where converted stores are cached (default: runs/cache)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from atomnet.data.splits import load_split
+    from atomnet.data.store import Store
+    from atomnet.pretrained import load_model
+    from atomnet.training.config import DataConfig
+    from atomnet.training.datamodule import cached_store, check_store, open_dataset
+
+    potential = load_model(args.model)
+    forces_key = None if args.forces_key in ("none", "null", "") else args.forces_key
+    dcfg = DataConfig(
+        path=str(Path(args.data).resolve()),
+        format=args.format,
+        energy_key=args.energy_key,
+        forces_key=forces_key,
+        energy_unit=args.energy_unit,
+        limit=args.limit,
+    )
+    store = cached_store(dcfg, args.cache_dir or str(Path("runs/cache").resolve()))
+    check_store(store, dcfg, need_forces=False)
+    with Store(store) as s:
+        n = s.n_molecules
+        if forces_key is not None and forces_key not in s.atom_property_names:
+            forces_key = None
+    indices = load_split(args.split_file, n)[args.subset] if args.split_file else None
+    ds = open_dataset(store, potential.cutoff, args.energy_key, forces_key, indices, potential.dtype)
+    if args.out is not None:
+        out = Path(args.out)
+    elif Path(args.model).exists():
+        out = Path(args.model).resolve().parent / f"eval-{Path(args.data).name.split('.')[0]}"
+    else:
+        out = Path(f"eval-{args.model}-{Path(args.data).name.split('.')[0]}")
+    title = f"{Path(args.model).name} on {Path(args.data).name}"
+    metrics, paths = evaluate(potential, ds, out, args.batch_size, title=title)
+    print(format_metrics(metrics, title))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0

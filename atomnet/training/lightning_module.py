@@ -1,0 +1,204 @@
+"""The LightningModule: loss, metrics and optimisers around a plain :class:`~atomnet.potential.Potential`.
+
+loss = w_E · MSE(E) + w_F · MSE(F) with E in eV (n_molecules,) and F in eV/Å (n_atoms, 3); forces come from
+the one path :func:`atomnet.potential.energy_and_forces` (``create_graph=True`` while training).
+Per epoch it logs MAE and RMSE of the energy (eV, total and per atom) and of the force components (eV/Å)
+for train and val. Validation needs gradients for forces: the Trainer runs with ``inference_mode=False``
+and :func:`energy_and_forces` enables grad itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from atomnet import keys
+from atomnet.data.batch import AtomsBatch
+from atomnet.errors import AtomNetError
+from atomnet.potential import Potential
+from atomnet.training.config import Config
+from atomnet.training.datamodule import INDEX
+
+CHECKPOINT_KEY = "atomnet"
+CHECKPOINT_FORMAT = "atomnet-lightning"
+
+
+class NonFiniteLossError(AtomNetError, FloatingPointError):
+    """The loss became NaN/inf; the message names the epoch, batch and molecules."""
+
+
+class ErrorMeter:
+    """Running sums for MAE/RMSE of energy (total, per atom) and force components."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, list[float]] = {}
+
+    def add(self, name: str, err: torch.Tensor) -> None:
+        err = err.detach().double().reshape(-1)
+        s = self.sums.setdefault(name, [0.0, 0.0, 0])
+        s[0] += float(err.abs().sum())
+        s[1] += float((err**2).sum())
+        s[2] += err.numel()
+
+    def update(self, out: dict, batch: AtomsBatch) -> None:
+        de = out[keys.ENERGY] - batch.targets[keys.ENERGY]
+        self.add("energy", de)
+        self.add("energy_per_atom", de / batch.n_atoms.to(de.dtype))
+        if keys.FORCES in out and keys.FORCES in batch.targets:
+            self.add("forces", out[keys.FORCES] - batch.targets[keys.FORCES])
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        res = {}
+        for name, (a, q, n) in self.sums.items():
+            if n:
+                res[f"{prefix}_{name}_mae"] = a / n
+                res[f"{prefix}_{name}_rmse"] = math.sqrt(q / n)
+        return res
+
+
+class PotentialModule(pl.LightningModule):
+    """Wraps ``potential`` for training with the options of ``cfg.optim``.
+
+    With ``optim.ema_decay`` an exponential moving average of the weights (``self.ema``) is kept; it is used
+    for validation, testing and export.
+    """
+
+    def __init__(self, potential: Potential, cfg: Config):
+        super().__init__()
+        self.potential = potential
+        self.cfg = cfg
+        self.ema: Potential | None = None
+        if cfg.optim.ema_decay is not None:
+            self.ema = copy.deepcopy(potential)
+            for p in self.ema.parameters():
+                p.requires_grad_(False)
+        self.train_meter, self.val_meter = ErrorMeter(), ErrorMeter()
+
+    # --- evaluation helpers --------------------------------------------------------------------
+    @property
+    def use_forces(self) -> bool:
+        return self.cfg.optim.forces_weight > 0
+
+    @property
+    def eval_potential(self) -> Potential:
+        """The weights used for validation and export (EMA if enabled)."""
+        return self.ema if self.ema is not None else self.potential
+
+    def loss(self, out: dict, batch: AtomsBatch) -> torch.Tensor:
+        o = self.cfg.optim
+        loss = o.energy_weight * torch.mean((out[keys.ENERGY] - batch.targets[keys.ENERGY]) ** 2)
+        if self.use_forces:
+            loss = loss + o.forces_weight * torch.mean((out[keys.FORCES] - batch.targets[keys.FORCES]) ** 2)
+        return loss
+
+    def transfer_batch_to_device(self, batch: AtomsBatch, device: torch.device, dataloader_idx: int):
+        return batch.to(device)
+
+    # --- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
+        out = self.potential(batch, forces=self.use_forces, create_graph=self.use_forces)
+        loss = self.loss(out, batch)
+        if not torch.isfinite(loss):
+            idx = batch.targets.get(INDEX)
+            mols = idx.tolist() if idx is not None else "unknown"
+            raise NonFiniteLossError(
+                f"training loss is {float(loss.detach())} at epoch {self.current_epoch}, batch {batch_idx} "
+                f"(global step {self.global_step}); store indices of the batch's molecules: {mols}. "
+                "Check these molecules' energies/forces, or lower optim.lr"
+            )
+        self.train_meter.update(out, batch)
+        n = batch.n_molecules
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            d = self.cfg.optim.ema_decay
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.potential.parameters(), strict=True):
+                    pe.lerp_(p, 1.0 - d)
+                for be, b in zip(self.ema.buffers(), self.potential.buffers(), strict=True):
+                    be.copy_(b)
+
+    def _eval_step(self, batch: AtomsBatch, meter: ErrorMeter, prefix: str) -> torch.Tensor:
+        pot = self.eval_potential
+        out = pot(batch, forces=self.use_forces or keys.FORCES in batch.targets, create_graph=False)
+        loss = self.loss(out, batch)
+        meter.update(out, batch)
+        self.log(f"{prefix}_loss", loss, on_epoch=True, prog_bar=True, batch_size=batch.n_molecules)
+        return loss
+
+    def validation_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, self.val_meter, "val")
+
+    def test_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, self.val_meter, "test")
+
+    def on_train_epoch_start(self) -> None:
+        self.train_meter.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_meter.compute("train"))
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_meter.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        for k, v in self.val_meter.compute("val").items():
+            self.log(k, v, prog_bar=k in ("val_energy_mae", "val_forces_mae"))
+
+    def on_test_epoch_start(self) -> None:
+        self.val_meter.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.val_meter.compute("test"))
+
+    # --- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        opt = cls(self.potential.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        if o.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=o.plateau_factor, patience=o.plateau_patience, min_lr=o.min_lr
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        if o.scheduler == "cosine":
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            warm, floor = o.warmup_steps, o.min_lr / o.lr
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                t = min((step - warm) / max(total - warm, 1), 1.0)
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        o = self.cfg.optim
+        if o.warmup_steps and o.scheduler != "cosine" and self.global_step < o.warmup_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = o.lr * (self.global_step + 1) / o.warmup_steps
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store what :func:`atomnet.load_model` needs to rebuild the model without unpickling code."""
+        model = self.potential.model
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.name,
+            "hparams": dict(model.hparams),
+            "weights": "ema.model." if self.ema is not None else "potential.model.",
+            "config": self.cfg.to_dict(),
+        }
