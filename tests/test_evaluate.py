@@ -1,0 +1,71 @@
+"""``atomnet evaluate``: JSON + PNGs, and MAE equal to an independent numpy computation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from atomnet import keys
+from atomnet.cli import main
+from atomnet.data import batch_from_atoms
+from atomnet.models import build_model, save_model
+from atomnet.potential import Potential
+
+XTB = Path(__file__).resolve().parents[1] / "data" / "ethanol_xtb.extxyz"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model(
+        "schnet", n_atom_basis=8, n_filters=8, n_interactions=1, n_rbf=8, cutoff=4.0, max_z=10
+    )
+    model.set_statistics(
+        mean=-0.1, std=0.5, atomref=np.array([0, -13.6, 0, 0, 0, 0, -1030.0, 0, -2040.0, 0, 0])
+    )
+    return save_model(model, tmp_path_factory.mktemp("model") / "model.pt", meta={"test": True})
+
+
+def test_evaluate_writes_metrics_and_plots(model_file, tmp_path, capsys):
+    frames = ase.io.read(XTB, index="0:25")
+    data = tmp_path / "frames.extxyz"
+    ase.io.write(data, frames)
+    out = tmp_path / "eval"
+    args = ["evaluate", str(model_file), str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "kcal/mol" in printed and "parity" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("parity.png", "errors.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    # independent computation: ASE frames -> batch -> potential, references from the file
+    content = torch.load(model_file, weights_only=True)
+    potential = Potential(build_model("schnet", **content["hparams"]))
+    potential.model.load_state_dict(content["state_dict"])
+    pred = potential.eval()(batch_from_atoms(frames, cutoff=4.0))
+    e_ref = np.array([a.get_potential_energy() for a in frames])
+    f_ref = np.concatenate([a.get_forces() for a in frames])
+    e_mae = np.mean(np.abs(pred[keys.ENERGY].double().numpy() - e_ref))
+    f_mae = np.mean(np.abs(pred[keys.FORCES].double().numpy() - f_ref))
+    assert metrics["n_molecules"] == 25
+    assert metrics["energy_mae_eV"] == pytest.approx(e_mae, rel=1e-4)
+    assert metrics["forces_mae_eV/A"] == pytest.approx(f_mae, rel=1e-4)
+    assert metrics["energy_mae_kcal/mol"] == pytest.approx(e_mae * 23.060548, rel=1e-4)
+
+
+def test_evaluate_unit_mismatch(model_file, tmp_path, capsys):
+    from atomnet.data.ase_io import read_ase
+    from atomnet.data.store import write_store
+
+    store = write_store(read_ase(XTB, index="0:5", energy_unit="eV"), tmp_path / "s.h5", progress=False)
+    assert (
+        main(["evaluate", str(model_file), str(store), "--energy-unit", "kcal/mol", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "data.energy_unit" in capsys.readouterr().err
