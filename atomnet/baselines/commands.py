@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------- data
 def load_dataset(path: str | Path, target: str | None = None, limit: int | None = None):
-    """-> (numbers, positions Å, n_atoms, y (n_mol,), y_unit, description) from a store or a raw tarball."""
+    """-> (numbers, positions Å, n_atoms, y (n_mol,), y_unit, target, description) from a store or tarball."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset")
@@ -79,7 +79,7 @@ def load_dataset(path: str | Path, target: str | None = None, limit: int | None 
         if limit is not None:
             n_atoms, y = n_atoms[:limit], y[:limit]
             numbers, positions = numbers[: n_atoms.sum()], positions[: n_atoms.sum()]
-        return numbers, positions, n_atoms, y, unit, f"store {path}"
+        return numbers, positions, n_atoms, y, unit, target, f"store {path}"
     hof = path.with_name("hof_qm7.txt")
     if hof.exists():
         from atomnet.data.qm7 import read_qm7
@@ -96,7 +96,7 @@ def load_dataset(path: str | Path, target: str | None = None, limit: int | None 
     if table.length_unit not in ("Angstrom", "Å", "A"):
         raise AtomNetError(f"{path}: positions in {table.length_unit}, expected Angstrom")
     y = np.asarray(table.properties[target], dtype=np.float64)
-    return table.numbers, table.positions, table.n_atoms, y, table.units.get(target, ""), str(path)
+    return table.numbers, table.positions, table.n_atoms, y, table.units.get(target, ""), target, str(path)
 
 
 def element_counts(numbers: np.ndarray, n_atoms: np.ndarray, elements: np.ndarray) -> np.ndarray:
@@ -225,8 +225,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(v) for v in _floats(args.train_sizes, "train-sizes")]
     if not sizes or min(sizes) < 2:
         raise AtomNetError(f"--train-sizes must be integers >= 2, got {args.train_sizes!r}")
-    numbers, positions, n_atoms, y, y_unit, desc = load_dataset(args.dataset, args.target, args.limit)
-    target = args.target or ("energy" if "qm7" in desc.lower() else "target")
+    numbers, positions, n_atoms, y, y_unit, target, desc = load_dataset(args.dataset, args.target, args.limit)
     unit = args.unit or ("kcal/mol" if y_unit in ENERGY_UNITS else y_unit)
     if unit != y_unit:
         if y_unit not in ENERGY_UNITS or unit not in ENERGY_UNITS:
