@@ -1,0 +1,231 @@
+"""ASE calculator for atomnet potentials (style of ``ase/calculators/lj.py``).
+
+``AtomNetCalculator(potential)`` computes energy, free energy, forces, per-atom ``energies`` and, for periodic
+systems, ``stress`` in one evaluation and stores plain numpy arrays in ``self.results`` (eV, Å, eV/Å, eV/Å³).
+
+Neighbour pairs are built at ``cutoff + skin`` and reused while no atom moved more than ``skin / 2`` since the
+last build (Verlet buffer; numbers, cell and pbc unchanged). Pairs beyond the model cutoff are zeroed by the
+cutoff function, so results are identical to rebuilding every step. An atom wrapped back into the cell moves by
+a lattice vector, which is more than ``skin / 2``, so wrapping triggers a rebuild and lattice shifts stay valid.
+The batch tensors are kept between steps; only the new positions are copied in.
+
+A list of potentials is an ensemble: results are the mean, ``energy_std`` (eV) and ``forces_std``
+(n_atoms, 3) eV/Å the standard deviation over members.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from atomnet import keys, units
+from atomnet.data.batch import AtomsBatch, make_batch
+from atomnet.errors import AtomNetError, ModelInputError
+from atomnet.models.base import AtomisticModel
+from atomnet.models.registry import load_model_file
+from atomnet.potential import Potential, energy_and_forces
+
+#: Two atoms closer than this (Å) are reported as overlapping instead of being evaluated.
+MIN_DISTANCE = 0.1
+
+
+def load_potential(path: str | os.PathLike) -> tuple[Potential, dict]:
+    """Load a :class:`Potential` and its metadata from a model file.
+
+    Exported atomnet model files (format tag ``atomnet-model``, :func:`atomnet.models.registry.save_model`)
+    are read here. **Hook for the training code:** any other file (e.g. a Lightning checkpoint) is handed to
+    ``atomnet.load_model(path)`` when that function exists; it must return a :class:`Potential` (energies in
+    eV) or raise :class:`AtomNetError`.
+    """
+    path = Path(path)
+    try:
+        model, meta = load_model_file(path)
+    except AtomNetError:
+        import atomnet
+
+        training_loader = getattr(atomnet, "load_model", None)
+        if training_loader is None or not path.is_file():
+            raise
+        loaded = training_loader(path)
+        return (loaded if isinstance(loaded, Potential) else Potential(loaded)), {}
+    return Potential(model), meta
+
+
+class AtomNetCalculator(Calculator):
+    """ASE calculator around one atomnet :class:`Potential` or an ensemble of them.
+
+    Args:
+        potential: a :class:`Potential` (or bare model), or a list of them (ensemble).
+        device: torch device the potential runs on.
+        dtype: floating-point type of the evaluation (``None``: keep the potential's).
+        energy_unit: the unit the model predicts energies in (``"eV"``, ``"kcal/mol"``, ``"Hartree"``...);
+            energies, forces and stress are converted to eV, eV/Å, eV/Å³. Lengths are Å.
+        skin: Verlet buffer in Å (0 rebuilds the neighbour list at every step).
+        elements: atomic numbers the model was trained on (``None``: any within the model's range).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+    nolabel = True
+
+    def __init__(
+        self,
+        potential: Potential | AtomisticModel | Sequence[Potential | AtomisticModel],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        energy_unit: str = "eV",
+        skin: float = 0.5,
+        elements: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        members = list(potential) if isinstance(potential, (list, tuple)) else [potential]
+        if not members:
+            raise AtomNetError("AtomNetCalculator: empty list of potentials")
+        self.potentials = []
+        for p in members:
+            p = p if isinstance(p, Potential) else Potential(p)
+            self.potentials.append(p.to(device=device, dtype=dtype or p.dtype).eval())
+        self.device = torch.device(device)
+        if len(self.potentials) > 1:  # uncertainty results: ensemble spread
+            self.implemented_properties = [*type(self).implemented_properties, "energy_std", "forces_std"]
+        self.dtype = self.potentials[0].dtype
+        self.cutoff = max(p.cutoff for p in self.potentials)
+        self.max_z = min(p.model.max_z for p in self.potentials)
+        self.elements = None if elements is None else frozenset(int(z) for z in elements)
+        self.energy_unit = energy_unit
+        self.energy_factor = units.energy_factor(energy_unit)  # eV per model energy unit
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.skin = float(skin)
+        self.n_evaluations = 0  #: model evaluations (calls of calculate), for tests and benchmarks
+        self.n_neighbor_builds = 0  #: neighbour-list builds
+        self._batch: AtomsBatch | None = None
+        self._built_positions: np.ndarray | None = None  # (n_atoms, 3) Å at the last build
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike | Sequence[str | os.PathLike],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> AtomNetCalculator:
+        """Calculator from a model file (or a list of files: ensemble), see :func:`load_potential`.
+
+        ``energy_unit`` and ``elements`` default to the file's metadata (``meta["energy_unit"]``,
+        ``meta["elements"]``) when present, else eV and any element.
+        """
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        loaded = [load_potential(p) for p in paths]
+        meta = loaded[0][1]
+        kwargs.setdefault("energy_unit", meta.get("energy_unit", "eV"))
+        if meta.get("elements") is not None:
+            kwargs.setdefault("elements", meta["elements"])
+        return cls([p for p, _ in loaded], device=device, dtype=dtype, **kwargs)
+
+    # --- input checks and neighbour list --------------------------------------------------------------
+
+    def _check_numbers(self, numbers: np.ndarray) -> None:
+        unknown = sorted(
+            {int(z) for z in numbers if z < 1 or z > self.max_z or (self.elements and z not in self.elements)}
+        )
+        if unknown:
+            names = [chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z) for z in unknown]
+            known = sorted(self.elements) if self.elements else f"1..{self.max_z}"
+            raise ModelInputError(
+                f"element(s) {names} (Z={unknown}) unknown to the model (knows Z in {known})"
+            )
+
+    def _needs_rebuild(self, positions: np.ndarray, system_changes) -> bool:
+        if self._batch is None or self._built_positions is None:
+            return True
+        if {"numbers", "cell", "pbc"} & set(system_changes):
+            return True
+        if self._built_positions.shape != positions.shape:
+            return True
+        disp2 = np.max(np.einsum("ij,ij->i", *(2 * [positions - self._built_positions])), initial=0.0)
+        return self.skin == 0.0 or disp2 > (0.5 * self.skin) ** 2
+
+    def _build(self, atoms) -> AtomsBatch:
+        numbers = atoms.get_atomic_numbers()
+        self._check_numbers(numbers)
+        pbc = atoms.get_pbc()
+        periodic = bool(pbc.any())
+        positions = torch.as_tensor(atoms.positions, dtype=self.dtype)
+        batch = make_batch(
+            torch.from_numpy(numbers),
+            positions,
+            torch.tensor([len(atoms)]),
+            self.cutoff + self.skin,
+            cells=atoms.cell.array[None] if periodic else None,
+            pbcs=pbc[None] if periodic else None,
+        ).to(self.device, self.dtype)
+        self._built_positions = atoms.positions.copy()
+        self.n_neighbor_builds += 1
+        return batch
+
+    def _check_overlaps(self, batch: AtomsBatch) -> None:
+        if batch.pair_i.numel() == 0:
+            return
+        with torch.no_grad():
+            d2 = batch.pair_vectors().pow(2).sum(-1)
+            k = int(torch.argmin(d2))
+            if float(d2[k]) < MIN_DISTANCE**2:
+                i, j = int(batch.pair_i[k]), int(batch.pair_j[k])
+                raise ModelInputError(
+                    f"atoms {min(i, j)} and {max(i, j)} overlap (distance {float(d2[k]) ** 0.5:.3g} Å "
+                    f"< {MIN_DISTANCE} Å)"
+                )
+
+    # --- the ASE contract ------------------------------------------------------------------------------
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        """Evaluate every property at once; results in eV, eV/Å, eV/Å³ (stress as a Voigt 6-vector)."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        positions = atoms.positions
+        if not np.isfinite(positions).all():
+            bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+            raise ModelInputError(f"non-finite (NaN/inf) positions for atom(s) {bad[:10].tolist()}")
+        if self._needs_rebuild(positions, system_changes):
+            self._batch = None  # drop a stale list if the build fails
+            self._batch = self._build(atoms)
+        else:
+            self._batch.positions.copy_(torch.from_numpy(positions))
+        batch = self._batch
+        self._check_overlaps(batch)
+        stress = bool(atoms.pbc.any()) and atoms.cell.rank == 3 and "stress" in properties
+        outs = [energy_and_forces(p.model, batch, forces=True, stress=stress) for p in self.potentials]
+        self.n_evaluations += 1
+
+        f = self.energy_factor
+        if len(outs) == 1:
+            out = outs[0]
+            energy = float(out[keys.ENERGY][0]) * f
+            energies = out[keys.ATOMIC_ENERGIES].cpu().numpy() * f
+            forces = out[keys.FORCES].cpu().numpy() * f
+            sigma = out[keys.STRESS][0].cpu().numpy() * f if stress else None
+        else:
+            e = torch.stack([o[keys.ENERGY][0] for o in outs]) * f
+            fs = torch.stack([o[keys.FORCES] for o in outs]) * f
+            energy = float(e.mean())
+            energies = torch.stack([o[keys.ATOMIC_ENERGIES] for o in outs]).mean(0).cpu().numpy() * f
+            forces = fs.mean(0).cpu().numpy()
+            sigma = (
+                torch.stack([o[keys.STRESS][0] for o in outs]).mean(0).cpu().numpy() * f if stress else None
+            )
+            self.results["energy_std"] = float(e.std(unbiased=False))
+            self.results["forces_std"] = fs.std(0, unbiased=False).cpu().numpy()
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["energies"] = energies.astype(np.float64)
+        self.results["forces"] = forces.astype(np.float64)
+        if sigma is not None:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(sigma.astype(np.float64))
