@@ -17,6 +17,11 @@ from atomnet.nn.ops import AtomToMolecule
 from atomnet.nn.output import Standardize
 
 
+def constructor_arguments(local_vars: dict) -> dict:
+    """The arguments of a model's ``__init__`` (call as ``constructor_arguments(locals())`` first thing)."""
+    return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
+
+
 class AtomisticModel(nn.Module):
     """Base class. ``hparams`` holds the constructor arguments (saved with the weights); ``cutoff`` in Å."""
 

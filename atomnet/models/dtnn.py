@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from atomnet.data.batch import AtomsBatch
-from atomnet.models.base import AtomisticModel
+from atomnet.models.base import AtomisticModel, constructor_arguments
 from atomnet.nn.activations import Tanh
 from atomnet.nn.basis import GaussianRBF, make_cutoff
 from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum, ResidualAdd
@@ -89,20 +89,7 @@ class DTNN(AtomisticModel):
         reduce: str = "sum",
         guard_denormals: bool = True,
     ):
-        hparams = dict(
-            n_atom_basis=n_atom_basis,
-            n_factors=n_factors,
-            n_interactions=n_interactions,
-            shared_interactions=shared_interactions,
-            rbf_spacing=rbf_spacing,
-            rbf_width=rbf_width,
-            cutoff=cutoff,
-            n_hidden=n_hidden,
-            cutoff_fn=cutoff_fn,
-            max_z=max_z,
-            reduce=reduce,
-            guard_denormals=guard_denormals,
-        )
+        hparams = constructor_arguments(locals())
         super().__init__(cutoff, max_z, reduce, hparams)
         n_rbf = int(round(cutoff / rbf_spacing)) + 1
         self.embedding = AtomEmbedding(max_z, n_atom_basis)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from atomnet.data.batch import AtomsBatch
-from atomnet.models.base import AtomisticModel
+from atomnet.models.base import AtomisticModel, constructor_arguments
 from atomnet.nn.activations import ShiftedSoftplus
 from atomnet.nn.basis import GaussianRBF, make_cutoff
 from atomnet.nn.cfconv import CFConv, FilterNetwork
@@ -74,17 +74,7 @@ class SchNet(AtomisticModel):
         reduce: str = "sum",
         guard_denormals: bool = True,
     ):
-        hparams = dict(
-            n_atom_basis=n_atom_basis,
-            n_filters=n_filters,
-            n_interactions=n_interactions,
-            n_rbf=n_rbf,
-            cutoff=cutoff,
-            cutoff_fn=cutoff_fn,
-            max_z=max_z,
-            reduce=reduce,
-            guard_denormals=guard_denormals,
-        )
+        hparams = constructor_arguments(locals())
         super().__init__(cutoff, max_z, reduce, hparams)
         self.embedding = AtomEmbedding(max_z, n_atom_basis)
         self.rbf = GaussianRBF(n_rbf, cutoff, guard_denormals=guard_denormals)
