@@ -116,7 +116,7 @@ def test_bad_input():
 def test_cli_tiny_qm7(shared_data, tmp_path, capsys):
     out, png = tmp_path / "out.json", tmp_path / "curve.png"
     argv = ["krr", str(shared_data / "qm7" / "qm7.tar.gz"), "--limit", "400", "--train-sizes", "100,200",
-            "--test-size", "100", "--cv-folds", "3", "--json", str(out), "--plot", str(png), "--no-progress"]  # fmt: skip
+            "--test-size", "100", "--cv-folds", "3", "--sigmas", "1000,4000", "--lambdas", "1e-8", "--json", str(out), "--plot", str(png), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     data = json.loads(out.read_text())
     assert data["units"]["mae"] == "kcal/mol"
