@@ -168,3 +168,17 @@ def test_raw_file_is_converted_and_dtnn_trains(tmp_path):
     split = np.load(tmp_path / "dtnn" / "split.npz")
     np.testing.assert_array_equal(split["train"], np.arange(20))
     assert np.isfinite(s["metrics"]["forces_mae_eV/A"])
+
+
+def test_pretrained_models_load_by_name():
+    from ase.build import molecule
+
+    from atomnet.data import batch_from_atoms
+
+    entries = atomnet.list_models()
+    for entry in entries:
+        assert {"name", "dataset", "split_sizes", "units", "errors", "command"} <= set(entry)
+        pot = atomnet.load_model(entry["name"])
+        assert not pot.training
+        out = pot(batch_from_atoms([molecule("CH3CH2OH")], cutoff=pot.cutoff))
+        assert torch.isfinite(out[keys.ENERGY]).all() and torch.isfinite(out[keys.FORCES]).all()

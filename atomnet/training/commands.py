@@ -71,7 +71,6 @@ def train(
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
     from atomnet.data.splits import load_split
     from atomnet.models import build_model
@@ -121,7 +120,7 @@ def train(
         precision="64-true" if t.precision == 64 else "32-true",
         gradient_clip_val=cfg.optim.grad_clip,
         callbacks=callbacks,
-        logger=CSVLogger(run_dir, name="logs"),
+        logger=_logger(t.logger, run_dir),
         inference_mode=False,
         enable_progress_bar=t.progress_bar and not quiet,
         enable_model_summary=False,
@@ -145,6 +144,22 @@ def train(
     )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _logger(kind: str, run_dir: Path):
+    """Per-epoch metrics logger: CSV (default) or TensorBoard, under ``<run_dir>/logs``."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    if kind == "tensorboard":
+        try:
+            from pytorch_lightning.loggers import TensorBoardLogger
+
+            return TensorBoardLogger(run_dir, name="logs")
+        except ModuleNotFoundError as exc:
+            from atomnet.errors import ConfigError
+
+            raise ConfigError(f"train.logger: tensorboard is not installed ({exc}); use csv") from None
+    return CSVLogger(run_dir, name="logs")
 
 
 def _quiet_lightning() -> None:

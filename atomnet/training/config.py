@@ -108,6 +108,7 @@ class TrainConfig:
 
     precision: 32 or 64. num_threads: torch CPU threads (``null``: torch's default).
     out_dir/name: the run directory is ``out_dir/name`` (``-2``, ``-3`` ... appended if it exists).
+    logger: ``csv`` (``<run>/logs/version_k/metrics.csv``) or ``tensorboard`` (needs the tensorboard package).
     """
 
     seed: int = 0
@@ -120,6 +121,7 @@ class TrainConfig:
     out_dir: str = "runs"
     name: str = "run"
     progress_bar: bool = True
+    logger: str = "csv"
     log_every_n_steps: int = 50
     check_val_every_n_epoch: int = 1
     plots: bool = True
@@ -154,6 +156,7 @@ CHOICES = {
     "optim.optimizer": ("adam", "adamw"),
     "optim.scheduler": ("plateau", "cosine", "none"),
     "train.precision": (32, 64),
+    "train.logger": ("csv", "tensorboard"),
 }
 
 
