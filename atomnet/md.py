@@ -77,6 +77,7 @@ def make_integrator(
             dt,
             temperature_K=temperature_K,
             friction=friction_per_fs / ase_units.fs,
+            fixcm=False,  # exact NVT sampling (ase >= 3.28 deprecates fixcm=True)
             rng=np.random.default_rng(seed),
         )
     if ensemble == "nvt":
