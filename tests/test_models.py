@@ -167,3 +167,29 @@ def test_model_file_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(AtomNetError, match="not an atomnet model file"):
         load_model_file(other)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_mirrored_pairs_give_same_results_as_full_list(pot, periodic):
+    """Filters computed once per unordered pair (mirrored batch) = filters computed for every pair."""
+    from dataclasses import replace
+
+    if periodic:
+        atoms = Atoms(
+            "OH2",
+            positions=[[0.1, 0.2, 0.0], [1.0, 0.1, 0.3], [0.2, 1.0, 0.1]],
+            cell=[3.1, 3.3, 3.6],
+            pbc=True,
+        )
+        batch = batch_from_atoms([atoms], cutoff=pot.cutoff, dtype=torch.float64)
+    else:
+        batch = batch_from_atoms(
+            [molecule("CH3CH2OH"), molecule("H2O")], cutoff=pot.cutoff, dtype=torch.float64
+        )
+    assert batch.mirrored
+    h = batch.pair_i.numel() // 2
+    assert torch.equal(batch.pair_i[:h], batch.pair_j[h:]) and torch.equal(batch.pair_j[:h], batch.pair_i[h:])
+    full = replace(batch, mirrored=False)
+    a, b = pot(batch, stress=periodic), pot(full, stress=periodic)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-12, rtol=0)

@@ -30,6 +30,9 @@ class AtomsBatch:
         pbc: (n_molecules, 3) bool or ``None``.
         cell_shifts: (n_pairs, 3) lattice shifts (same dtype as positions) or ``None``.
         targets: reference values by key, e.g. ``energy`` (n_molecules,) eV, ``forces`` (n_atoms, 3) eV/Å.
+        mirrored: the second half of the pairs reverses the first half in the same order
+            (pair h + k is (j, i, −S) for pair k = (i, j, S)), so models compute distance filters once per
+            unordered pair. Any boolean mask on a distance keeps this layout (|r_ij| = |r_ji| exactly).
     """
 
     numbers: torch.Tensor
@@ -43,6 +46,7 @@ class AtomsBatch:
     pbc: torch.Tensor | None = None
     cell_shifts: torch.Tensor | None = None
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    mirrored: bool = False
 
     @property
     def n_molecules(self) -> int:
@@ -90,6 +94,27 @@ class AtomsBatch:
         return vec
 
 
+def mirror_pairs(
+    pair_i: torch.Tensor, pair_j: torch.Tensor, shifts: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+    """Reorder a full (symmetric) directed pair list as [half; reversed half] (see ``AtomsBatch.mirrored``).
+
+    The half keeps i < j, or i == j with a lexicographically positive shift (periodic self-images).
+    Returns the list unchanged with ``mirrored=False`` if it is not symmetric.
+    """
+    half = pair_i < pair_j
+    if shifts is not None:
+        s = torch.round(shifts).to(torch.long)
+        key = (s[:, 0] * 4096 + s[:, 1]) * 4096 + s[:, 2]
+        half = half | ((pair_i == pair_j) & (key > 0))
+    n_half = int(half.sum())
+    if 2 * n_half != pair_i.numel():
+        return pair_i, pair_j, shifts, False
+    ih, jh = pair_i[half], pair_j[half]
+    new_shifts = None if shifts is None else torch.cat([shifts[half], -shifts[half]])
+    return torch.cat([ih, jh]), torch.cat([jh, ih]), new_shifts, True
+
+
 def make_batch(
     numbers: torch.Tensor,
     positions: torch.Tensor,
@@ -116,9 +141,17 @@ def make_batch(
     periodic = pbcs is not None and bool(np.any(pbcs))
     large = n_atoms.numel() > 0 and int(n_atoms.max()) > ALL_PAIRS_MAX_ATOMS
     if not periodic and not large:
-        pair_i, pair_j = molecular_pairs(positions, n_atoms, cutoff)
+        pair_i, pair_j, _, mirrored = mirror_pairs(*molecular_pairs(positions, n_atoms, cutoff))
         return AtomsBatch(
-            numbers, positions, molecule, n_atoms, pair_i, pair_j, cutoff, targets=targets or {}
+            numbers,
+            positions,
+            molecule,
+            n_atoms,
+            pair_i,
+            pair_j,
+            cutoff,
+            targets=targets or {},
+            mirrored=mirrored,
         )
     if cutoff is None:
         raise ValueError("a cutoff is required for periodic or large structures")
@@ -133,18 +166,24 @@ def make_batch(
         pi.append(i + a)
         pj.append(j + a)
         ps.append(s)
+    pair_i, pair_j, shifts, mirrored = mirror_pairs(
+        torch.from_numpy(np.concatenate(pi)),
+        torch.from_numpy(np.concatenate(pj)),
+        torch.from_numpy(np.concatenate(ps)).to(positions.dtype),
+    )
     return AtomsBatch(
         numbers,
         positions,
         molecule,
         n_atoms,
-        torch.from_numpy(np.concatenate(pi)),
-        torch.from_numpy(np.concatenate(pj)),
+        pair_i,
+        pair_j,
         cutoff,
         cell=torch.as_tensor(cells_np, dtype=positions.dtype),
         pbc=torch.as_tensor(pbcs_np),
-        cell_shifts=torch.from_numpy(np.concatenate(ps)).to(positions.dtype),
+        cell_shifts=shifts,
         targets=targets or {},
+        mirrored=mirrored,
     )
 
 

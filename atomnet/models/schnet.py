@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from atomnet.data.batch import AtomsBatch
-from atomnet.models.base import AtomisticModel, constructor_arguments
+from atomnet.models.base import AtomisticModel, constructor_arguments, mirror
 from atomnet.nn.activations import ShiftedSoftplus
 from atomnet.nn.basis import GaussianRBF, make_cutoff
 from atomnet.nn.cfconv import CFConv, FilterNetwork
@@ -39,8 +39,9 @@ class SchNetInteraction(nn.Module):
         fcut: torch.Tensor,
         pair_i: torch.Tensor,
         pair_j: torch.Tensor,
+        mirrored: bool = False,
     ) -> torch.Tensor:
-        filters = self.filter_network(rbf, fcut)
+        filters = mirror(self.filter_network(rbf, fcut), mirrored)
         v = self.f2out(self.cfconv(self.in2f(x), filters, pair_i, pair_j))
         return self.residual(x, v)
 
@@ -87,10 +88,8 @@ class SchNet(AtomisticModel):
         )
 
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        r = torch.linalg.vector_norm(vectors, dim=-1)
-        rbf = self.rbf(r)
-        fcut = self.cutoff_fn(r)
+        rbf, fcut, mirrored = self.radial(batch, vectors)
         x = self.embedding(batch.numbers)
         for interaction in self.interactions:
-            x = interaction(x, rbf, fcut, batch.pair_i, batch.pair_j)
+            x = interaction(x, rbf, fcut, batch.pair_i, batch.pair_j, mirrored)
         return self.output(x).squeeze(-1), {}
