@@ -7,7 +7,33 @@ __version__ = "0.1.0"
 
 from atomnet.data.batch import AtomsBatch, batch_from_atoms  # noqa: E402
 
-__all__ = ["AtomsBatch", "batch_from_atoms", "list_models", "load_model", "__version__"]
+__all__ = [
+    "AtomNetCalculator",
+    "AtomsBatch",
+    "DTNN",
+    "Potential",
+    "SchNet",
+    "batch_from_atoms",
+    "list_models",
+    "load_model",
+    "__version__",
+]
+
+#: public names imported on first use (keeps ``import atomnet`` light; ASE stays at the edges)
+_LAZY = {
+    "AtomNetCalculator": "atomnet.calculator",
+    "Potential": "atomnet.potential",
+    "SchNet": "atomnet.models",
+    "DTNN": "atomnet.models",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'atomnet' has no attribute {name!r}")
 
 
 def load_model(path_or_name, device: str = "cpu"):
