@@ -3,6 +3,14 @@
 Internal units: eV and Å (see :mod:`atomnet.keys`, :mod:`atomnet.units`).
 """
 
+import os as _os
+
+# OpenMP threads that busy-wait at barriers make torch 2-100x slower when cores are shared with other work
+# (measured: a SchNet training step went from 30 to 71 ms with 2 threads next to another job). Passive
+# waiting costs little on an idle machine. Takes effect when atomnet is imported before torch (the `atomnet`
+# command does); a value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 from atomnet.data.batch import AtomsBatch, batch_from_atoms  # noqa: E402
