@@ -18,16 +18,7 @@ from atomnet.models import save_model
 from atomnet.units import KCAL_PER_MOL
 
 # ase >= 3.23 suggests FiniteDifferenceCalculator; calculate_numerical_* are the same independent FD code
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP contention (10x slower otherwise)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def ethanol() -> Atoms:

@@ -16,22 +16,13 @@ from atomnet.models import build_model, save_model
 from atomnet.models.schnet import SchNet
 from atomnet.potential import Potential
 
-MD17_ETHANOL = "/work/shared/data/md17/ethanol_dft_1200.xyz"
-
 #: NVE bound, eV/atom/ps. Velocity Verlet is symplectic: for smooth forces the energy error oscillates with
 #: amplitude O(dt²) and does not drift. 1e-4 eV/atom/ps would add 1 meV/atom (≈ kT/25 at 300 K) in 10 ps;
 #: errors in forces (not −∇E), neighbour-list reuse or cutoff discontinuities give drifts far above it.
 #: Measured here (float64, 0.5 fs, 1 ps): ~4e-6 eV/atom/ps.
 DRIFT_BOUND = 1e-4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ElasticSchNet(SchNet):
@@ -141,14 +132,11 @@ def test_md_outputs(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # temporary files renamed away
 
 
-def test_cli_md(tmp_path, capsys):
+def test_cli_md(tmp_path, capsys, shared_data):
     torch.manual_seed(0)
     model_path = save_model(build_model("schnet", **SMALL["schnet"]), tmp_path / "tiny.pt")
     structure = tmp_path / "ethanol.xyz"
-    try:
-        write(structure, read(MD17_ETHANOL, index=0))
-    except FileNotFoundError:
-        write(structure, molecule("CH3CH2OH"))
+    write(structure, read(shared_data / "md17" / "ethanol_dft_1200.xyz", index=0))
     out = tmp_path / "md"
     argv = ["md", str(model_path), str(structure), "--steps", "20", "--out", str(out), "--no-progress"]
     assert main(argv + ["--ensemble", "langevin", "--temperature", "300", "--timestep", "0.5"]) == 0
