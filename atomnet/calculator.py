@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,33 +29,11 @@ from atomnet import keys, units
 from atomnet.data.batch import AtomsBatch, make_batch
 from atomnet.errors import AtomNetError, ModelInputError
 from atomnet.models.base import AtomisticModel
-from atomnet.models.registry import load_model_file
 from atomnet.potential import Potential, energy_and_forces
+from atomnet.pretrained import load_with_meta
 
 #: Two atoms closer than this (Å) are reported as overlapping instead of being evaluated.
 MIN_DISTANCE = 0.1
-
-
-def load_potential(path: str | os.PathLike) -> tuple[Potential, dict]:
-    """Load a :class:`Potential` and its metadata from a model file.
-
-    Exported atomnet model files (format tag ``atomnet-model``, :func:`atomnet.models.registry.save_model`)
-    are read here. **Hook for the training code:** any other file (e.g. a Lightning checkpoint) is handed to
-    ``atomnet.load_model(path)`` when that function exists; it must return a :class:`Potential` (energies in
-    eV) or raise :class:`AtomNetError`.
-    """
-    path = Path(path)
-    try:
-        model, meta = load_model_file(path)
-    except AtomNetError:
-        import atomnet
-
-        training_loader = getattr(atomnet, "load_model", None)
-        if training_loader is None or not path.is_file():
-            raise
-        loaded = training_loader(path)
-        return (loaded if isinstance(loaded, Potential) else Potential(loaded)), {}
-    return Potential(model), meta
 
 
 class AtomNetCalculator(Calculator):
@@ -118,13 +95,14 @@ class AtomNetCalculator(Calculator):
         dtype: torch.dtype = torch.float32,
         **kwargs,
     ) -> AtomNetCalculator:
-        """Calculator from a model file (or a list of files: ensemble), see :func:`load_potential`.
+        """Calculator from a pretrained name, model file or checkpoint (or a list of them: ensemble), see
+        :func:`atomnet.pretrained.load_with_meta`.
 
         ``energy_unit`` and ``elements`` default to the file's metadata (``meta["energy_unit"]``,
         ``meta["elements"]``) when present, else eV and any element.
         """
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-        loaded = [load_potential(p) for p in paths]
+        loaded = [load_with_meta(p) for p in paths]
         meta = loaded[0][1]
         kwargs.setdefault("energy_unit", meta.get("energy_unit", "eV"))
         if meta.get("elements") is not None:

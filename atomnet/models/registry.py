@@ -74,8 +74,10 @@ def save_model(model: AtomisticModel, path: str | os.PathLike, meta: dict | None
     return path
 
 
-def load_model_file(path: str | os.PathLike) -> tuple[AtomisticModel, dict]:
-    """Load a model file saved by :func:`save_model`; returns (model, meta). Clear errors for bad files."""
+def read_safely(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)``: only tensors and plain containers are unpickled, never
+    arbitrary objects, so an untrusted file cannot run code. One-line :class:`AtomNetError` for missing,
+    corrupt, unsafe or non-dict files."""
     path = Path(path)
     if not path.is_file():
         raise AtomNetError(f"{path}: model file not found")
@@ -83,5 +85,15 @@ def load_model_file(path: str | os.PathLike) -> tuple[AtomisticModel, dict]:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/truncated/unsafe files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AtomNetError(f"{path}: cannot read model file ({reason[:200]})") from None
+        raise AtomNetError(
+            f"{path}: cannot read model file (loaded with weights_only=True, no code is run): {reason[:300]}"
+        ) from None
+    if not isinstance(content, dict):
+        raise AtomNetError(f"{path}: not an atomnet model file or checkpoint ({type(content).__name__})")
+    return content
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[AtomisticModel, dict]:
+    """Load a model file saved by :func:`save_model`; returns (model, meta). Clear errors for bad files."""
+    content = read_safely(path)
     return model_from_dict(content, str(path)), content.get("meta", {})

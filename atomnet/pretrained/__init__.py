@@ -29,22 +29,30 @@ def list_models() -> list[dict]:
     return list(_index().values())
 
 
-def load_model(path_or_name: str | os.PathLike, device: str = "cpu") -> Potential:
-    """A ready :class:`Potential` (eval mode) from a pretrained name, a Lightning ``.ckpt`` or a model file.
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """The file of a pretrained model name, or ``path_or_name`` itself if that file exists."""
+    index = _index()
+    name = str(path_or_name)
+    if name in index:
+        return HERE / index[name]["file"]
+    path = Path(path_or_name)
+    if not path.exists():
+        raise AtomNetError(
+            f"{name!r} is neither a file nor a pretrained model; available: {sorted(index) or 'none'}"
+        )
+    return path
+
+
+def load_with_meta(path_or_name: str | os.PathLike) -> tuple[Potential, dict]:
+    """(:class:`Potential` in eval mode, meta) from a pretrained name, a Lightning ``.ckpt`` or a model file.
 
     Files are read with ``torch.load(weights_only=True)``: a file holding pickled objects is refused.
     """
     from atomnet.training.checkpoints import load_potential
 
-    index = _index()
-    name = str(path_or_name)
-    if name in index:
-        path = HERE / index[name]["file"]
-    else:
-        path = Path(path_or_name)
-        if not path.exists():
-            raise AtomNetError(
-                f"{name!r} is neither a file nor a pretrained model; available: {sorted(index) or 'none'}"
-            )
-    potential, _ = load_potential(path)
-    return potential.to(device)
+    return load_potential(resolve(path_or_name))
+
+
+def load_model(path_or_name: str | os.PathLike, device: str = "cpu") -> Potential:
+    """A ready :class:`Potential` (eval mode) from a pretrained name, a Lightning ``.ckpt`` or a model file."""
+    return load_with_meta(path_or_name)[0].to(device)

@@ -9,32 +9,12 @@ under the key ``"atomnet"``, so the model is rebuilt from the registry without t
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-import torch
 
 from atomnet.errors import AtomNetError
-from atomnet.models.registry import MODEL_FILE_FORMAT, build_model, model_from_dict
+from atomnet.models.registry import MODEL_FILE_FORMAT, build_model, model_from_dict, read_safely
 from atomnet.potential import Potential
 
 CHECKPOINT_KEY = "atomnet"
-
-
-def read_safely(path: str | os.PathLike) -> dict:
-    """``torch.load(path, weights_only=True)`` with a one-line :class:`AtomNetError` for unsafe/corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model or checkpoint file")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors, corrupt zips, unsafe globals
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AtomNetError(
-            f"{path}: refused or unreadable (loaded with weights_only=True, no code is run): {reason[:300]}"
-        ) from None
-    if not isinstance(content, dict):
-        raise AtomNetError(f"{path}: not an atomnet model file or checkpoint ({type(content).__name__})")
-    return content
 
 
 def potential_from_content(content: dict, source: str = "<dict>") -> tuple[Potential, dict]:
