@@ -184,34 +184,6 @@ def write_json(path: str | Path, data: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def plot_learning_curve(
-    curves: dict[str, dict[int, float]], path: str | Path, unit: str, title: str = ""
-) -> None:
-    """Log-log test MAE vs training size; ``curves`` = {label: {N: MAE}}. Written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    for label, curve in curves.items():
-        n = sorted(curve)
-        ax.loglog(n, [curve[k] for k in n], "o-", label=label)
-    ax.set_xlabel("training molecules N")
-    ax.set_ylabel(f"test MAE ({unit})")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path, tmp = _atomic_path(path, ".png")
-    try:
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-
-
 def _floats(text: str | None, name: str) -> list[float] | None:
     if text is None:
         return None
@@ -289,6 +261,10 @@ def run(args: argparse.Namespace) -> int:
         }  # fmt: skip
         write_json(args.json, data)
     if args.plot:
-        curve = {k: r["mae"] for k, r in results.items()}
-        plot_learning_curve({label: curve}, args.plot, unit, f"{Path(args.dataset).name}, {len(test)} test")
+        from atomnet.training.plots import learning_curve_plot
+
+        sizes = [int(k) for k in results]
+        maes = [r["mae"] for r in results.values()]
+        title = f"{Path(args.dataset).name}, {len(test)} test"
+        learning_curve_plot({label: (sizes, maes)}, args.plot, f"test MAE ({unit})", title)
     return 0

@@ -82,19 +82,35 @@ def error_histogram(pred: dict[str, np.ndarray], path: str | Path, title: str = 
 
 
 def learning_curve_plot(
-    curves: dict[str, tuple[list[int], list[float]]], path: str | Path, ylabel: str
+    curves: dict[str, tuple[list[int], list[float]]], path: str | Path, ylabel: str, title: str = ""
 ) -> Path:
-    """Test MAE vs training-set size on log-log axes; ``curves`` maps label → (sizes, maes)."""
+    """Test MAE vs training-set size on log-log axes; ``curves`` maps label → (sizes, maes).
+
+    The one learning-curve plot of atomnet (neural networks and KRR). Written atomically (temp + rename).
+    """
+    import os
+    import tempfile
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4))
     for label, (n, mae) in curves.items():
-        ax.loglog(n, mae, "o-", label=label)
+        order = np.argsort(n)
+        ax.loglog(np.asarray(n)[order], np.asarray(mae)[order], "o-", label=label)
     ax.set_xlabel("training set size N")
     ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
     return path
