@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase import units as ase_units
+
+from atomnet.files import atomic_output
 
 ENSEMBLES = ("nve", "langevin", "nvt")
 LOG_HEADER = "time_ps Epot_eV Ekin_eV Etot_eV T_K"
@@ -98,23 +99,13 @@ def init_velocities(atoms: Atoms, temperature_K: float, seed: int = 0) -> None:
         ZeroRotation(atoms)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_log(path: Path, records: np.ndarray) -> None:
     """Write the MD log (columns of :data:`LOG_HEADER`) atomically."""
     lines = [f"# {LOG_HEADER}"] + [
         f"{t:.6f} {ep:.8f} {ek:.8f} {et:.8f} {temp:.3f}" for t, ep, ek, et, temp in records
     ]
-    _atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def read_log(path: str | os.PathLike) -> np.ndarray:
@@ -141,15 +132,11 @@ def plot_md(result: MDResult, path: str | os.PathLike) -> Path:
     ax_t.set_ylabel("T / K")
     ax_t.set_xlabel("time / ps")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 from atomnet.baselines.coulomb import VARIANTS, coulomb_representation
 from atomnet.baselines.krr import DEFAULT_LAMS, KERNELS, KernelRidge, cross_validate, errors
 from atomnet.errors import AtomNetError, DataFormatError
+from atomnet.files import atomic_output
 from atomnet.units import ENERGY_UNITS, convert_energy
 
 
@@ -166,22 +165,11 @@ def learning_curve(
     return results
 
 
-def _atomic_path(path: Path, suffix: str) -> tuple[Path, Path]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return path, Path(tmp)
-
-
 def write_json(path: str | Path, data: dict) -> None:
     """Write JSON atomically (temporary file in the same folder + rename)."""
-    path, tmp = _atomic_path(path, ".json")
-    try:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, ".json") as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from atomnet.errors import AtomNetError
+from atomnet.files import atomic_output
 
 BYTES = 8  # float64
 
@@ -223,9 +224,8 @@ class KernelRidge:
             raise KRRError("model is not fitted; nothing to save")
         path = Path(path)
         meta = {"kernel": self.kernel, "sigma": self.sigma, "lam": self.lam, "intercept": self.intercept_}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, X_train=self.X_train_, alpha=self.alpha_, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
+        with atomic_output(path, ".npz") as tmp:
+            np.savez(tmp, X_train=self.X_train_, alpha=self.alpha_, meta=np.array(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: str | Path, **kwargs) -> KernelRidge:

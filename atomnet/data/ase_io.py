@@ -8,8 +8,6 @@ kcal/mol/Å): state the units with ``energy_unit=``; they are recorded in the ta
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import ase
@@ -19,6 +17,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from atomnet.data.table import MoleculeTable
 from atomnet.errors import DataFormatError
+from atomnet.files import atomic_output
 from atomnet.units import internal_unit, length_factor, unit_factor
 
 
@@ -195,12 +194,6 @@ def write_extxyz(table: MoleculeTable, path: str | Path, internal_units: bool = 
     units_text = ";".join([f"positions={length}", *(f"{k}={v}" for k, v in sorted(names.items()))])
     for atoms in atoms_list:
         atoms.info["units"] = units_text
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         ase.io.write(tmp, atoms_list, format="extxyz")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

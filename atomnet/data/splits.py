@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from atomnet.errors import DataFormatError
+from atomnet.files import atomic_output
 
 
 @dataclass
@@ -84,7 +85,7 @@ def save_split(path: str | os.PathLike, split: Split) -> Path:
     """Write ``split`` as an ``.npz`` file (arrays ``train``, ``val``, ``test``, ``seed``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with atomic_output(path, ".npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, train=split.train, val=split.val, test=split.test, seed=np.int64(split.seed))
     return path
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from atomnet.data.table import MoleculeTable
 from atomnet.errors import DataFormatError
+from atomnet.files import atomic_output
 from atomnet.units import internal_unit, unit_factor
 
 FORMAT_NAME = "atomnet-store"
@@ -170,11 +170,9 @@ def write_store(
         group = "atom_properties" if name in table.per_atom else "properties"
         jobs.append((group, name, None, table.units.get(name, "")))
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -202,11 +200,6 @@ def write_store(
                     data = make()
                     unit = internal_unit(src_unit) if src_unit else ""
                 _write_dataset(group, name, data, unit, src_unit)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

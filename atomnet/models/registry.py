@@ -8,12 +8,12 @@ A model file is a plain dict ``{"format": "atomnet-model", "version": 1, "model"
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from atomnet.errors import AtomNetError
+from atomnet.files import atomic_output
 from atomnet.models.base import AtomisticModel
 from atomnet.models.dtnn import DTNN
 from atomnet.models.schnet import SchNet
@@ -63,14 +63,8 @@ def save_model(model: AtomisticModel, path: str | os.PathLike, meta: dict | None
     """Save a self-contained model file atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(model_to_dict(model, meta), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from atomnet import keys
+from atomnet.files import atomic_output
 from atomnet.potential import Potential
 from atomnet.units import KCAL_PER_MOL
 
@@ -114,9 +115,11 @@ def evaluate(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths["json"] = out / "metrics.json"
-        paths["json"].write_text(json.dumps(metrics, indent=2))
+        with atomic_output(paths["json"], ".json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
         paths["predictions"] = out / "predictions.npz"
-        np.savez(paths["predictions"], **pred)
+        with atomic_output(paths["predictions"], ".npz") as tmp:
+            np.savez(tmp, **pred)
         if plots:
             from atomnet.training.plots import error_histogram, parity_plot
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atomnet.files import atomic_output
 from atomnet.units import KCAL_PER_MOL
 
 EV_TO_KCAL = 1.0 / KCAL_PER_MOL
@@ -21,6 +22,18 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Save ``fig`` as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def _panels(pred: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
@@ -57,10 +70,7 @@ def parity_plot(pred: dict[str, np.ndarray], path: str | Path, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def error_histogram(pred: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
@@ -75,10 +85,7 @@ def error_histogram(pred: dict[str, np.ndarray], path: str | Path, title: str = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def learning_curve_plot(
@@ -88,9 +95,6 @@ def learning_curve_plot(
 
     The one learning-curve plot of atomnet (neural networks and KRR). Written atomically (temp + rename).
     """
-    import os
-    import tempfile
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4))
     for label, (n, mae) in curves.items():
@@ -103,14 +107,5 @@ def learning_curve_plot(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)

@@ -1,0 +1,30 @@
+"""Atomic file output: the one home of "write to a temp file, then rename".
+
+An interrupted or failing writer leaves neither a half-written file nor a temporary file behind, and an
+existing file at ``path`` is only replaced once the new content is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``, on any error delete it.
+
+    ``suffix`` matters to writers that infer the format from the name (e.g. ``".png"`` for matplotlib).
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
