@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atomnet.data.splits import Split, load_split, random_split, save_split
+from atomnet.data.splits import Split, load_split, nested_splits, random_split, save_split
 from atomnet.data.stats import fit_atomrefs, mean_energy_per_atom
 from atomnet.data.store import open_store, write_store
 from atomnet.data.table import MoleculeTable
@@ -25,6 +25,21 @@ def test_random_split_counts_fractions_and_seed():
     assert random_split(100, (10, 5, 5), seed=0).sizes() == (10, 5, 5)  # rest unused
     with pytest.raises(ValueError, match="exceed"):
         random_split(10, (8, 2, 1))
+
+
+def test_nested_splits_share_val_test_and_nest_training_sets():
+    splits = nested_splits(100, [40, 10, 20], n_val=5, n_test=15, seed=3)
+    assert list(splits) == [10, 20, 40]
+    for size, sp in splits.items():
+        assert sp.sizes() == (size, 5, 15)
+        np.testing.assert_array_equal(sp.test, splits[10].test)
+        np.testing.assert_array_equal(sp.val, splits[10].val)
+        assert not set(sp.train) & (set(sp.val) | set(sp.test))
+    assert set(splits[10].train) < set(splits[20].train) < set(splits[40].train)
+    again = nested_splits(100, [10], n_val=5, n_test=15, seed=3)[10]
+    np.testing.assert_array_equal(again.train, splits[10].train)
+    with pytest.raises(ValueError, match="not enough"):
+        nested_splits(50, [40], n_val=5, n_test=15)
 
 
 def test_save_load_and_bad_split_files(tmp_path):

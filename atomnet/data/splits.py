@@ -81,6 +81,24 @@ def random_split(n: int, sizes: Sequence[float | int | None], seed: int = 0) -> 
     )
 
 
+def nested_splits(n: int, train_sizes: Sequence[int], n_val: int, n_test: int, seed: int = 0) -> dict[int, Split]:
+    """Learning-curve splits: one shared validation and test set, nested training sets.
+
+    The training set of size N is the first N molecules of one random order of the rest, so every smaller
+    training set is a subset of every larger one, and all sizes are tested on the same molecules.
+    Returns ``{N: Split}`` (indices sorted) for each N in ``train_sizes``.
+    """
+    if not train_sizes or min(train_sizes) < 1:
+        raise ValueError(f"training sizes must be positive, got {list(train_sizes)}")
+    if max(train_sizes) + n_val + n_test > n:
+        raise ValueError(
+            f"{n} molecules are not enough for N={max(train_sizes)} + {n_val} val + {n_test} test"
+        )
+    perm = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    val, test, pool = np.sort(perm[:n_val]), np.sort(perm[n_val : n_val + n_test]), perm[n_val + n_test :]
+    return {int(size): Split(np.sort(pool[:size]), val, test, int(seed)) for size in sorted(set(train_sizes))}
+
+
 def save_split(path: str | os.PathLike, split: Split) -> Path:
     """Write ``split`` as an ``.npz`` file (arrays ``train``, ``val``, ``test``, ``seed``)."""
     path = Path(path)
