@@ -45,7 +45,9 @@ def krr_run(store: Path, energy_key: str, split, representation: str, kernel: st
 
     numbers, positions, n_atoms, y, unit, _, _ = load_dataset(store, energy_key)
     y = convert_energy(y, unit, "kcal/mol")
-    keep = np.concatenate([split.train, split.test])  # only the molecules used: features for 2 x 10^4, not 10^5
+    keep = np.concatenate(
+        [split.train, split.test]
+    )  # only the molecules used: features for 2 x 10^4, not 10^5
     starts = np.concatenate([[0], np.cumsum(n_atoms)])
     atoms = np.concatenate([np.arange(starts[m], starts[m + 1]) for m in keep])
     numbers, positions, n_atoms, y = numbers[atoms], positions[atoms], n_atoms[keep], y[keep]
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     store = cached_store(base.data, base.data.cache_dir or str(Path(base.train.out_dir).resolve() / "cache"))
     for c in configs:
         if cached_store(c.data, c.data.cache_dir or str(Path(c.train.out_dir).resolve() / "cache")) != store:
-            raise SystemExit(f"all configs must read the same data; {c.data.path} differs from {base.data.path}")
+            raise SystemExit(
+                f"all configs must read the same data; {c.data.path} differs from {base.data.path}"
+            )
     n = check_store(store, base.data, need_forces=base.optim.forces_weight > 0)["n_molecules"]
     try:
         splits = nested_splits(n, args.sizes, args.n_val, args.n_test, base.train.seed)
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [c.model.name for c in configs]
     if len(set(names)) < len(names):  # two recipes of one model: label them by file name
         names = [Path(path).stem for path in args.configs]
-    jobs = list(zip(names, configs, args.configs))
+    jobs = list(zip(names, configs, args.configs, strict=True))
     if args.krr:
         jobs.append((f"{args.krr_representation} CM + {args.krr_kernel} KRR", None, None))
     for label, cfg, path in jobs:

@@ -114,6 +114,41 @@ def test_ase_contract_recomputes_only_on_change():
     assert calc.n_neighbor_builds == 4  # the position change reused the list
 
 
+def test_check_state_agrees_with_ase_compare_atoms():
+    """The fast check_state reports exactly what ASE's compare_atoms reports."""
+    from ase.calculators.calculator import compare_atoms
+
+    atoms = water_box()
+    calc = AtomNetCalculator(make_potential("schnet", cutoff=3.5))
+    calc.calculate(atoms, ["energy"])
+    variants = {"same": atoms.copy()}
+    for name in ("positions", "tiny", "cell", "pbc", "numbers", "charges", "magmoms", "fewer"):
+        b = atoms.copy()
+        if name == "positions":
+            b.positions[3, 1] += 1e-3
+        elif name == "tiny":  # below ASE's tolerance of 1e-15 Å
+            b.positions[3, 1] = np.nextafter(b.positions[3, 1], np.inf)
+        elif name == "cell":
+            b.cell[0, 0] += 1e-6
+        elif name == "pbc":
+            b.pbc = [True, False, True]
+        elif name == "numbers":
+            b.numbers[0] = 9
+        elif name == "charges":
+            b.set_initial_charges(np.ones(len(b)))
+        elif name == "magmoms":
+            b.set_initial_magnetic_moments(np.ones(len(b)))
+        else:
+            b = b[:-3]
+        variants[name] = b
+    for name, b in variants.items():
+        assert set(calc.check_state(b)) == set(compare_atoms(calc.atoms, b)), name
+    assert calc.check_state(variants["same"]) == calc.check_state(variants["tiny"]) == []
+    assert calc.check_state(variants["positions"]) == ["positions"]
+    calc.atoms.set_initial_magnetic_moments(np.zeros(len(atoms)))  # shared array with other values
+    assert calc.check_state(variants["magmoms"]) == compare_atoms(calc.atoms, variants["magmoms"])
+
+
 def test_energy_unit_conversion():
     pot = make_potential("schnet")
     atoms = water_box()

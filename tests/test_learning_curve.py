@@ -86,4 +86,3 @@ def test_krr_run_uses_exactly_the_split_molecules(shared_data):
     )[300]  # fmt: skip
     assert run["mae"] == pytest.approx(ref["mae"], rel=1e-6)
     assert run["sigma"] == pytest.approx(ref["sigma"], rel=1e-9)
-

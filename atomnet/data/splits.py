@@ -81,7 +81,9 @@ def random_split(n: int, sizes: Sequence[float | int | None], seed: int = 0) -> 
     )
 
 
-def nested_splits(n: int, train_sizes: Sequence[int], n_val: int, n_test: int, seed: int = 0) -> dict[int, Split]:
+def nested_splits(
+    n: int, train_sizes: Sequence[int], n_val: int, n_test: int, seed: int = 0
+) -> dict[int, Split]:
     """Learning-curve splits: one shared validation and test set, nested training sets.
 
     The training set of size N is the first N molecules of one random order of the rest, so every smaller

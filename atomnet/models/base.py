@@ -22,11 +22,6 @@ def constructor_arguments(local_vars: dict) -> dict:
     return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
 
 
-def mirror(values: torch.Tensor, mirrored: bool) -> torch.Tensor:
-    """Per-pair values from per-unordered-pair values of a mirrored batch: (n, F) → (2n, F)."""
-    return torch.cat([values, values]) if mirrored else values
-
-
 class AtomisticModel(nn.Module):
     """Base class. ``hparams`` holds the constructor arguments (saved with the weights); ``cutoff`` in Å."""
 
@@ -40,16 +35,16 @@ class AtomisticModel(nn.Module):
         self.standardize = Standardize(max_z)
         self.aggregate = AtomToMolecule(reduce)
 
-    def radial(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def radial(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Radial basis (n, n_rbf) and cutoff values (n,) of the pair distances.
 
         For a mirrored batch only the first half of the pairs is expanded (n = n_pairs / 2): the reversed
-        pairs have the same distances, so :func:`mirror` restores per-pair values after the filter network.
+        pairs have the same distances; :class:`~atomnet.nn.ops.FilterProduct` applies each filter to both directions.
         """
         r = torch.linalg.vector_norm(vectors, dim=-1)
         if batch.mirrored:
             r = r[: r.shape[0] // 2]
-        return self.rbf(r), self.cutoff_fn(r), batch.mirrored
+        return self.rbf(r), self.cutoff_fn(r)
 
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Raw per-atom outputs y_i (n_atoms,) and extra results (e.g. hidden states)."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from atomnet.data.batch import AtomsBatch
-from atomnet.models.base import AtomisticModel, constructor_arguments, mirror
+from atomnet.models.base import AtomisticModel, constructor_arguments
 from atomnet.nn.activations import Tanh
 from atomnet.nn.basis import GaussianRBF, make_cutoff
 from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum, ResidualAdd
@@ -48,10 +48,10 @@ class DTNNInteraction(nn.Module):
         fcut: torch.Tensor,
         pair_i: torch.Tensor,
         pair_j: torch.Tensor,
-        mirrored: bool = False,
     ) -> torch.Tensor:
-        factors = self.product(self.gather(self.cf(x), pair_j), mirror(self.df(rbf), mirrored))
-        v = self.envelope(self.activation(self.fc(factors)), mirror(fcut[:, None], mirrored))
+        # one filter per unordered pair of a mirrored batch: FilterProduct applies it to both directions
+        factors = self.product(self.gather(self.cf(x), pair_j), self.df(rbf))
+        v = self.envelope(self.activation(self.fc(factors)), fcut[:, None])
         return self.residual(x, self.aggregate(v, pair_i, x.shape[0]))
 
 
@@ -107,12 +107,12 @@ class DTNN(AtomisticModel):
         self.return_hidden = False
 
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        rbf, fcut, mirrored = self.radial(batch, vectors)
+        rbf, fcut = self.radial(batch, vectors)
         x = self.embedding(batch.numbers)
         hidden = [x]
         for t in range(self.n_interactions):
             block = self.interactions[t % len(self.interactions)]
-            x = block(x, rbf, fcut, batch.pair_i, batch.pair_j, mirrored)
+            x = block(x, rbf, fcut, batch.pair_i, batch.pair_j)
             hidden.append(x)
         extra = {"hidden_states": torch.stack(hidden)} if self.return_hidden else {}
         return self.output(x).squeeze(-1), extra

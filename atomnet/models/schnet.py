@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from atomnet.data.batch import AtomsBatch
-from atomnet.models.base import AtomisticModel, constructor_arguments, mirror
+from atomnet.models.base import AtomisticModel, constructor_arguments
 from atomnet.nn.activations import ShiftedSoftplus
 from atomnet.nn.basis import GaussianRBF, make_cutoff
 from atomnet.nn.cfconv import CFConv, FilterNetwork
@@ -39,9 +39,8 @@ class SchNetInteraction(nn.Module):
         fcut: torch.Tensor,
         pair_i: torch.Tensor,
         pair_j: torch.Tensor,
-        mirrored: bool = False,
     ) -> torch.Tensor:
-        filters = mirror(self.filter_network(rbf, fcut), mirrored)
+        filters = self.filter_network(rbf, fcut)  # one per unordered pair of a mirrored batch
         v = self.f2out(self.cfconv(self.in2f(x), filters, pair_i, pair_j))
         return self.residual(x, v)
 
@@ -88,8 +87,8 @@ class SchNet(AtomisticModel):
         )
 
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        rbf, fcut, mirrored = self.radial(batch, vectors)
+        rbf, fcut = self.radial(batch, vectors)
         x = self.embedding(batch.numbers)
         for interaction in self.interactions:
-            x = interaction(x, rbf, fcut, batch.pair_i, batch.pair_j, mirrored)
+            x = interaction(x, rbf, fcut, batch.pair_i, batch.pair_j)
         return self.output(x).squeeze(-1), {}

@@ -8,12 +8,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+LN2 = math.log(2.0)
+
 
 class ShiftedSoftplus(nn.Module):
     """ssp(x) = ln(½ eˣ + ½) = softplus(x) − ln 2, so that ssp(0) = 0 (Schütt et al. 2017)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.softplus(x) - math.log(2.0)
+        return F.softplus(x).sub_(LN2)  # in place: softplus's backward needs its input, not its output
 
 
 class Tanh(nn.Tanh):

@@ -21,10 +21,16 @@ class GatherNeighbors(nn.Module):
 class FilterProduct(nn.Module):
     """Element-wise product of neighbour features and a distance filter: (n_pairs, F) ∘ (n_pairs, F).
 
-    For LRP the filter is usually treated as a constant weight, so relevance flows to the features.
+    A mirrored batch (:class:`~atomnet.data.batch.AtomsBatch`, pairs[h:] = reversed pairs[:h]) may pass one
+    filter per unordered pair, (n_pairs / 2, F) or (n_pairs / 2, 1): it multiplies both directions, without
+    materialising a copy. For LRP the filter is usually treated as a constant weight, so relevance flows to
+    the features.
     """
 
     def forward(self, features: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+        n = filters.shape[0]
+        if features.shape[0] == 2 * n and n > 0:
+            return (features.view(2, n, -1) * filters).view(2 * n, -1)
         return features * filters
 
 
