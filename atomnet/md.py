@@ -169,7 +169,8 @@ def run_md(
         init_velocity: draw Maxwell–Boltzmann velocities (else keep the atoms' momenta).
 
     Returns:
-        :class:`MDResult` with the logged time series and the speed (steps per second).
+        :class:`MDResult` with the logged time series and the speed (steps per second, timed after the
+        first force evaluation).
     """
     from ase.io import write
     from tqdm import tqdm
@@ -196,13 +197,15 @@ def run_md(
             traj_fh.flush()
         if step:
             bar.update(1)
+        else:  # speed is timed from here: the first evaluation may include a torch.compile
+            clock["start"] = time.perf_counter()
 
     dyn.attach(observe, interval=1)
-    start = time.perf_counter()
+    clock = {"start": time.perf_counter()}
     try:
         dyn.run(steps)
     finally:
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - clock["start"]
         bar.close()
         if traj_fh is not None:
             traj_fh.close()
@@ -240,6 +243,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--energy-unit", default=None, help="model energy unit (default: from the file, else eV)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (one-off 10-60 s; faster steps, mostly for small molecules)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -260,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise AtomNetError(f"{structure}: cannot read structure ({str(exc).strip()[:200]})") from None
     atoms.calc = None
-    kwargs = {"skin": args.skin}
+    kwargs = {"skin": args.skin, "compile": args.compile}
     if args.energy_unit:
         kwargs["energy_unit"] = args.energy_unit
     calc = AtomNetCalculator.from_checkpoint(

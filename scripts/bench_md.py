@@ -7,11 +7,13 @@ Same torch threads and flush-denormal setting for both; velocity Verlet at 0.5 f
 Maxwell–Boltzmann velocities (300 K); nothing attached to the integrator. Each configuration is timed
 ``--repeats`` times, interleaved, after warm-up steps; the best run is reported.
 
-schnetpack is optional (``pip install schnetpack``; 2.1.1 needs two shims for torch >= 2.6, applied below).
-It is measured with ASENeighborList (its default) and with SkinNeighborList(MatScipyNeighborList) using the
-same skin as atomnet.
+atomnet is measured eagerly and with ``compile=True`` (torch.compile; the compilation happens in the warm-up
+steps and is not timed). schnetpack is measured with ASENeighborList (its default) and with
+SkinNeighborList(MatScipyNeighborList) using the same skin as atomnet. schnetpack 2.1.1 conflicts with
+torch 2.13 in pip's resolver; ``scripts/setup_bench_env.sh`` builds a virtual environment with both (and
+the two shims schnetpack needs under torch >= 2.6 are applied below):
 
-    python scripts/bench_md.py --threads 1
+    bash scripts/setup_bench_env.sh && .venv-bench/bin/python scripts/bench_md.py --threads 1
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ def water_box(n_side: int = 7, density: float = 1.0, seed: int = 0) -> Atoms:
     return atoms
 
 
-def atomnet_calculator(skin: float) -> AtomNetCalculator:
+def atomnet_calculator(skin: float, compile: bool = False) -> AtomNetCalculator:
     torch.manual_seed(0)
-    return AtomNetCalculator(Potential(SchNet(**HPARAMS)), dtype=torch.float32, skin=skin)
+    return AtomNetCalculator(Potential(SchNet(**HPARAMS)), dtype=torch.float32, skin=skin, compile=compile)
 
 
 def schnetpack_calculator(model_path: str, neighbor_list: str, skin: float):
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-large", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-schnetpack", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd atomnet column")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def configs():
         yield "atomnet", lambda: atomnet_calculator(args.skin)
+        if not args.no_compile:
+            yield "atomnet compiled", lambda: atomnet_calculator(args.skin, compile=True)
         if spk_version:
             yield "schnetpack ASENeighborList", lambda: schnetpack_calculator(model_path, "ase", args.skin)
             yield "schnetpack Skin+MatScipy", lambda: schnetpack_calculator(model_path, "skin", args.skin)
@@ -205,12 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         for name in calcs:
             print(f"  {system:32s} {name:28s} {table[system, name]:9.2f} steps/s", flush=True)
 
-    print("\n| system | " + " | ".join(n for n, _ in configs()) + " | atomnet / best schnetpack |")
-    print("|---" * (len(list(configs())) + 2) + "|")
+    names = [n for n, _ in configs()]
+    ours = [n for n in names if n.startswith("atomnet")]
+    print(
+        "\n| system | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"{n} / best schnetpack" for n in ours)
+        + " |"
+    )
+    print("|---" * (len(names) + len(ours) + 1) + "|")
     for system in systems:
-        rates = [table[system, n] for n, _ in configs()]
-        ratio = rates[0] / max(rates[1:]) if len(rates) > 1 else float("nan")
-        print(f"| {system} | " + " | ".join(f"{r:.2f}" for r in rates) + f" | {ratio:.2f}x |")
+        best_spk = max((table[system, n] for n in names if n not in ours), default=float("nan"))
+        rates = " | ".join(f"{table[system, n]:.2f}" for n in names)
+        ratios = " | ".join(f"{table[system, n] / best_spk:.2f}x" for n in ours)
+        print(f"| {system} | {rates} | {ratios} |")
     print("\ncommand: " + " ".join([os.path.basename(sys.executable), *sys.argv]))
     tmp.cleanup()
     return 0

@@ -260,3 +260,48 @@ def test_far_away_atom_keeps_results_finite():
     assert np.isfinite(atoms.get_forces()).all()
     assert np.isfinite(atoms.get_potential_energies()).all()
     np.testing.assert_allclose(atoms.get_forces()[0], 0.0, atol=1e-12)  # isolated: no neighbours
+
+
+@pytest.mark.parametrize("name", ["schnet", "dtnn"])
+def test_compiled_calculator_matches_eager(name):
+    """compile=True: same energies, per-atom energies, forces and stress as eager, across a neighbour-list
+    rebuild that changes the number of pairs (dynamic shapes); the caller's weights are untouched."""
+    pot = make_potential(name, cutoff=3.5)
+    eager = AtomNetCalculator(pot, skin=0.3)
+    compiled = AtomNetCalculator(pot, skin=0.3, compile=True)
+    atoms = water_box(n=3)
+    frames = [atoms, atoms.copy()]
+    frames[1].positions[:3] += 0.4  # moves a molecule: the pair list is rebuilt with another length
+    pairs = []
+    for frame in frames:
+        for calc in (eager, compiled):
+            calc.calculate(frame, ["energy", "forces", "stress"])
+        pairs.append(compiled._batch.pair_i.numel())
+        for key in ("energy", "energies", "forces", "stress"):
+            np.testing.assert_allclose(compiled.results[key], eager.results[key], rtol=1e-9, atol=1e-10)
+    assert pairs[0] != pairs[1] and compiled.n_neighbor_builds == 2
+    assert all(p.requires_grad for p in pot.model.parameters())
+    if not compiled.compiled:
+        pytest.skip("torch.compile is unavailable here (fell back to eager); equality checked on eager")
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    class Broken(torch.nn.Module):  # what torch.compile returns when inductor cannot build its kernels
+        def __init__(self, model, **kwargs):
+            super().__init__()
+            self.cutoff = model.cutoff
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", Broken)
+    pot = make_potential("schnet")
+    calc = AtomNetCalculator(pot, compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eagerly"):
+        energy = calc.get_potential_energy(ethanol())
+    assert not calc.compiled
+    assert energy == pytest.approx(AtomNetCalculator(pot).get_potential_energy(ethanol()), abs=1e-12)
+    with pytest.raises(ModelInputError, match="overlap"):  # input errors are not mistaken for compiler ones
+        bad = ethanol()
+        bad.positions[1] = bad.positions[0]
+        AtomNetCalculator(pot, compile=True).get_potential_energy(bad)
