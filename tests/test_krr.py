@@ -39,6 +39,18 @@ def test_kernel_against_double_loop(kernel):
     np.testing.assert_allclose(KERNELS[kernel](X, X, 0.9).diagonal(), 1.0)
 
 
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_symmetric_blocked_distances_equal_full(kernel):
+    """self_distance (each pair once, mirrored) = distance(X, X), for a size that is no multiple of the block."""
+    import torch
+
+    X = torch.as_tensor(np.random.default_rng(2).normal(size=(23, 5)))
+    k = KERNELS[kernel]
+    full, sym = k.distance(X, X), k.self_distance(X, block=7)
+    assert torch.equal(sym, sym.T)
+    torch.testing.assert_close(sym, full, rtol=1e-13, atol=1e-12)
+
+
 def smooth(X):
     return np.sin(2 * X[:, 0]) + 0.5 * np.cos(X[:, 1]) + 3.0
 
