@@ -183,7 +183,7 @@ class AtomNetCalculator(Calculator):
         if batch.pair_i.numel() == 0:
             return batch
         with torch.no_grad():
-            d2 = batch.pair_vectors().pow(2).sum(-1)
+            d2 = batch.pair_vectors(unique=True).pow(2).sum(-1)  # mirrored: one per unordered pair
             k = int(torch.argmin(d2))
             if float(d2[k]) < MIN_DISTANCE**2:
                 i, j = int(batch.pair_i[k]), int(batch.pair_j[k])
@@ -194,6 +194,8 @@ class AtomNetCalculator(Calculator):
             if self.skin == 0.0:
                 return batch
             keep = torch.nonzero(d2 < self.cutoff**2).squeeze(1)
+            if batch.mirrored:  # the same unordered pairs in both halves: the layout stays mirrored
+                keep = torch.cat([keep, keep + d2.shape[0]])
         shifts = batch.cell_shifts
         return replace(
             batch,

@@ -43,11 +43,13 @@ class ElasticSchNet(SchNet):
 
     def atomic_outputs(self, batch, vectors):
         y, extra = super().atomic_outputs(batch, vectors)
-        r = torch.linalg.vector_norm(vectors, dim=-1)
-        i, j = batch.pair_i, batch.pair_j
+        r = torch.linalg.vector_norm(vectors, dim=-1)  # one per unordered pair of a mirrored batch
+        n = r.shape[0]
+        i, j = batch.pair_i[:n], batch.pair_j[:n]
         e = torch.exp(-1.5 * (r - self.r0[i, j]))
-        pair = self.depth[i, j] * (1.0 - e) ** 2 * self.cutoff_fn(r)
-        return y.index_add(0, i, 0.5 * pair), extra
+        half = 0.5 * self.depth[i, j] * (1.0 - e) ** 2 * self.cutoff_fn(r)
+        y = y.index_add(0, i, half)
+        return (y.index_add(0, j, half) if n < batch.pair_i.numel() else y), extra
 
 
 def elastic_ethanol(seed: int = 0):

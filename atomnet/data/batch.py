@@ -80,17 +80,25 @@ class AtomsBatch:
             targets={k: move(v) for k, v in self.targets.items()},
         )
 
-    def pair_vectors(self, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None):
+    def pair_vectors(
+        self, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None, unique: bool = False
+    ) -> torch.Tensor:
         """Vectors r_ij = R_j - R_i (+ S @ cell) of every pair, (n_pairs, 3) Å.
 
-        ``positions``/``cell`` override the stored ones (used for strain derivatives).
+        ``positions``/``cell`` override the stored ones (used for strain derivatives). ``unique=True`` on a
+        mirrored batch returns only the first half (n_pairs / 2, 3): one vector per unordered pair, the other
+        direction being its negative.
         """
+        pair_i, pair_j, shifts = self.pair_i, self.pair_j, self.cell_shifts
+        if unique and self.mirrored:
+            h = pair_i.shape[0] // 2
+            pair_i, pair_j, shifts = pair_i[:h], pair_j[:h], None if shifts is None else shifts[:h]
         pos = self.positions if positions is None else positions
-        vec = pos[self.pair_j] - pos[self.pair_i]
-        if self.cell_shifts is not None:
+        vec = pos[pair_j] - pos[pair_i]
+        if shifts is not None:
             c = self.cell if cell is None else cell
-            cell_of_pair = c[self.molecule[self.pair_i]]  # (n_pairs, 3, 3)
-            vec = vec + torch.einsum("pk,pkl->pl", self.cell_shifts, cell_of_pair)
+            cell_of_pair = c[self.molecule[pair_i]]  # (n, 3, 3)
+            vec = vec + torch.einsum("pk,pkl->pl", shifts, cell_of_pair)
         return vec
 
 

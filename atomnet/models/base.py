@@ -38,16 +38,18 @@ class AtomisticModel(nn.Module):
     def radial(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Radial basis (n, n_rbf) and cutoff values (n,) of the pair distances.
 
-        For a mirrored batch only the first half of the pairs is expanded (n = n_pairs / 2): the reversed
-        pairs have the same distances; :class:`~atomnet.nn.ops.FilterProduct` applies each filter to both directions.
+        ``vectors`` come from :meth:`forward`: for a mirrored batch one per unordered pair (n = n_pairs / 2),
+        since the reversed pairs have the same distances; :class:`~atomnet.nn.ops.FilterProduct` applies
+        each filter to both directions. Otherwise n = n_pairs.
         """
         r = torch.linalg.vector_norm(vectors, dim=-1)
-        if batch.mirrored:
-            r = r[: r.shape[0] // 2]
         return self.rbf(r), self.cutoff_fn(r)
 
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Raw per-atom outputs y_i (n_atoms,) and extra results (e.g. hidden states)."""
+        """Raw per-atom outputs y_i (n_atoms,) and extra results (e.g. hidden states).
+
+        ``vectors``: pair vectors, Å, one per unordered pair of a mirrored batch (see :meth:`radial`).
+        """
         raise NotImplementedError
 
     def forward(
@@ -57,7 +59,7 @@ class AtomisticModel(nn.Module):
 
         ``positions``/``cell`` replace the batch's (so callers can differentiate with respect to them).
         """
-        vectors = batch.pair_vectors(positions, cell)
+        vectors = batch.pair_vectors(positions, cell, unique=True)  # mirrored: (n_pairs / 2, 3)
         y, extra = self.atomic_outputs(batch, vectors)
         atomic = self.standardize(y, batch.numbers)
         energy = self.aggregate(atomic, batch.molecule, batch.n_molecules)
