@@ -46,9 +46,14 @@ def _same(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
 
 def _compiled(model: AtomisticModel) -> torch.nn.Module:
     """``torch.compile`` of a frozen copy of ``model``: weights that need no gradient keep the compiled
-    backward to the position (and strain) derivatives; the caller's model is left untouched."""
+    backward to the position (and strain) derivatives; the caller's model is left untouched.
+
+    The generated element-wise kernels run on one thread (matrix products still use every torch thread):
+    inductor's multi-threaded C++ code generation of the neighbour sum fails (AssertionError in the
+    vectorised store) in torch 2.13 when torch has more than one thread.
+    """
     frozen = copy.deepcopy(model).requires_grad_(False)
-    return torch.compile(frozen, dynamic=True)
+    return torch.compile(frozen, dynamic=True, options={"cpp.threads": 1})
 
 
 class AtomNetCalculator(Calculator):

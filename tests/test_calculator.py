@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -283,6 +285,26 @@ def test_compiled_calculator_matches_eager(name):
     assert all(p.requires_grad for p in pot.model.parameters())
     if not compiled.compiled:
         pytest.skip("torch.compile is unavailable here (fell back to eager); equality checked on eager")
+
+
+def test_compiled_calculator_with_two_threads():
+    """torch.compile with more than one torch thread (inductor's threaded scatter code generation failed in
+    torch 2.13; the calculator compiles single-threaded element-wise kernels): compiled, equal to eager."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pot = make_potential("schnet")
+        compiled = AtomNetCalculator(pot, compile=True)
+        compiled.calculate(ethanol(), ["energy", "forces"])
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            pytest.skip("no C++ compiler for torch.compile's inductor backend on this machine")
+        assert compiled.compiled
+        eager = AtomNetCalculator(pot)
+        eager.calculate(ethanol(), ["energy", "forces"])
+        for key in ("energy", "energies", "forces"):
+            np.testing.assert_allclose(compiled.results[key], eager.results[key], rtol=1e-9, atol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
