@@ -24,7 +24,8 @@ class AtomEmbedding(nn.Embedding):
         self.max_z = int(max_z)
 
     def forward(self, numbers: torch.Tensor) -> torch.Tensor:
-        # the check reads values (a graph break under torch.compile, whose callers check numbers first)
+        # the check reads values: a graph break under torch.compile, skipped there (AtomNetCalculator, the
+        # caller that compiles, checks atomic numbers before evaluating)
         if (
             numbers.numel()
             and not torch.compiler.is_compiling()
