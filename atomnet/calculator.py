@@ -224,7 +224,7 @@ class AtomNetCalculator(Calculator):
             )
             self.compiled = False
             self._models = [p.model for p in self.potentials]
-            return [energy_and_forces(m, batch, forces=True, stress=stress) for m in self._models]
+            return self._evaluate(batch, stress)  # eager now: a second failure is raised
 
     # --- the ASE contract ------------------------------------------------------------------------------
 
