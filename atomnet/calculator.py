@@ -31,6 +31,7 @@ from atomnet import keys, units
 from atomnet.data.batch import AtomsBatch, make_batch
 from atomnet.errors import AtomNetError, ModelInputError
 from atomnet.models.base import AtomisticModel
+from atomnet.models.tabulate import tabulate_filters
 from atomnet.potential import Potential, energy_and_forces
 from atomnet.pretrained import load_with_meta
 
@@ -73,6 +74,12 @@ class AtomNetCalculator(Calculator):
             with a warning if compilation fails (e.g. no C++ compiler); results agree with eager to float
             round-off. The compiled models are copies: later changes to the potentials' weights do not
             reach them.
+        tabulate: evaluate copies of the models whose filter networks are cubic Hermite tables of the
+            distance (:func:`~atomnet.models.tabulate.tabulate_filters`, SchNet-type models; a one-off
+            ~1 s per model). Removes the filter networks' matrix products from every step, the dominant
+            cost for large systems: with ``compile=True`` about 3× faster MD of a 1,000-atom water box
+            (``scripts/bench_md.py``). Forces differ from the exact model by less than float32 round-off
+            (about 1e-6 relative at the default 0.005 Å grid); energy and forces stay consistent (−∇E).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
@@ -87,6 +94,7 @@ class AtomNetCalculator(Calculator):
         skin: float = 0.5,
         elements: Sequence[int] | None = None,
         compile: bool = False,
+        tabulate: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -112,7 +120,9 @@ class AtomNetCalculator(Calculator):
         self.n_evaluations = 0  #: model evaluations (calls of calculate), for tests and benchmarks
         self.n_neighbor_builds = 0  #: neighbour-list builds
         self.compiled = bool(compile)  #: whether evaluations use torch.compile'd models
-        self._models = [_compiled(p.model) if compile else p.model for p in self.potentials]
+        self.tabulated = bool(tabulate)  #: whether evaluations use tabulated filters
+        self._eager_models = [tabulate_filters(p.model) if tabulate else p.model for p in self.potentials]
+        self._models = [_compiled(m) for m in self._eager_models] if compile else self._eager_models
         self._batch: AtomsBatch | None = None
         self._built_positions: np.ndarray | None = None  # (n_atoms, 3) Å at the last build
 
@@ -223,7 +233,7 @@ class AtomNetCalculator(Calculator):
                 stacklevel=3,
             )
             self.compiled = False
-            self._models = [p.model for p in self.potentials]
+            self._models = self._eager_models
             return self._evaluate(batch, stress)  # eager now: a second failure is raised
 
     # --- the ASE contract ------------------------------------------------------------------------------

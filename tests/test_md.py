@@ -52,16 +52,16 @@ class ElasticSchNet(SchNet):
         return (y.index_add(0, j, half) if n < batch.pair_i.numel() else y), extra
 
 
-def elastic_ethanol(seed: int = 0):
+def elastic_ethanol(seed: int = 0, tabulate: bool = False):
     torch.manual_seed(seed)
     atoms = molecule("CH3CH2OH")
     model = ElasticSchNet(atoms.positions, **SMALL["schnet"])
     model.set_statistics(mean=0.0, std=0.5)
-    return AtomNetCalculator(Potential(model).double().eval()), atoms
+    return AtomNetCalculator(Potential(model).double().eval(), tabulate=tabulate), atoms
 
 
-def check_nve(steps: int, timestep_fs: float = 0.5):
-    calc, atoms = elastic_ethanol()
+def check_nve(steps: int, timestep_fs: float = 0.5, tabulate: bool = False):
+    calc, atoms = elastic_ethanol(tabulate=tabulate)
     result = run_md(
         calc, atoms, "nve", temperature_K=300, timestep_fs=timestep_fs, steps=steps, progress=False
     )
@@ -77,9 +77,10 @@ def check_nve(steps: int, timestep_fs: float = 0.5):
     return result
 
 
-def test_nve_energy_conservation_ethanol():
-    """1 ps of ethanol at 0.5 fs (2,000 steps)."""
-    check_nve(2000)
+@pytest.mark.parametrize("tabulate", [False, True], ids=["exact", "tabulated"])
+def test_nve_energy_conservation_ethanol(tabulate):
+    """1 ps of ethanol at 0.5 fs (2,000 steps), with the exact and the tabulated filters."""
+    check_nve(2000, tabulate=tabulate)
 
 
 @pytest.mark.slow
@@ -146,6 +147,8 @@ def test_cli_md(tmp_path, capsys, shared_data):
     for name in ("md.extxyz", "md.log", "md.png"):
         assert (out / name).stat().st_size > 0
     assert read_log(out / "md.log").shape == (21, 5)
+    assert main(argv + ["--ensemble", "nve", "--tabulate", "--steps", "5"]) == 0  # tabulated filters
+    assert "steps/s" in capsys.readouterr().out and read_log(out / "md.log").shape == (6, 5)
     assert main(["md", str(tmp_path / "missing.pt"), str(structure), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("atomnet md: error:") and "missing.pt" in err and "\n" not in err

@@ -1,0 +1,51 @@
+"""A copy of a model whose filter networks are tables: faster MD, same predictions to float32 resolution.
+
+:func:`tabulate_filters` rewrites a model (as zennit's canonizers do, but into a copy): every
+:class:`~atomnet.nn.cfconv.FilterNetwork` becomes a :class:`~atomnet.nn.tabulated.TabulatedFilter` of
+W(r) = FilterNetwork(e(r), 1), and the radial basis e becomes the identity, so the filters receive the
+distances r instead of their Gaussian expansion. The original model is untouched; tabulated copies are for
+inference (MD, screening), not for training or saving.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from atomnet.errors import AtomNetError
+from atomnet.models.base import AtomisticModel
+from atomnet.nn.cfconv import FilterNetwork
+from atomnet.nn.tabulated import DEFAULT_SPACING, TabulatedFilter
+
+
+def tabulate_filters(model: AtomisticModel, spacing: float = DEFAULT_SPACING) -> AtomisticModel:
+    """A frozen copy of ``model`` (same dtype and device) with tabulated filters on [0, cutoff].
+
+    Args:
+        model: a model built from :class:`~atomnet.nn.cfconv.FilterNetwork` filters (SchNet).
+        spacing: grid spacing h in Å (:mod:`atomnet.nn.tabulated` discusses the error).
+    """
+    if spacing <= 0:
+        raise ValueError(f"tabulation spacing must be > 0 Å, got {spacing}")
+    networks = [name for name, m in model.named_modules() if isinstance(m, FilterNetwork)]
+    if not networks or not isinstance(getattr(model, "rbf", None), nn.Module):
+        raise AtomNetError(
+            f"{type(model).__name__} has no filter networks of the distance to tabulate "
+            "(supported: models built from FilterNetwork, e.g. SchNet)"
+        )
+    weight = next(model.parameters())
+    exact = copy.deepcopy(model).to(torch.float64)
+    table = copy.deepcopy(model).requires_grad_(False)
+    for name in networks:
+        network = exact.get_submodule(name)
+
+        def filter_of_distance(r: torch.Tensor, network: FilterNetwork = network) -> torch.Tensor:
+            return network(exact.rbf(r), torch.ones_like(r))
+
+        tabulated = TabulatedFilter.from_function(filter_of_distance, model.cutoff, spacing, weight.dtype)
+        parent, _, attribute = name.rpartition(".")
+        setattr(table.get_submodule(parent), attribute, tabulated.to(weight.device))
+    table.rbf = nn.Identity()  # radial() now hands the filters the distances: (r, f_c(r))
+    return table

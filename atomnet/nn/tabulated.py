@@ -1,0 +1,81 @@
+"""Filters as cubic Hermite splines of the distance: the filter network evaluated once, on a grid.
+
+A SchNet filter W(r) = Dense(ssp(Dense(e(r)))) is a smooth function of the distance r alone, (n_pairs,) →
+(n_pairs, F). Evaluating the network costs two matrix products per pair and interaction, forward and
+backward — about half the time of an MD step of a large system. :class:`TabulatedFilter` stores W and dW/dr
+(exact, from forward-mode autodiff in float64) at nodes r_k = k h and interpolates each segment with the
+cubic Hermite polynomial through the two end values and slopes, so W is continuously differentiable and the
+forces stay continuous. The interpolation error is ≈ h⁴/384 · max|W''''|; for SchNet's Gaussians
+(γ ≈ 48 Å⁻² at 50 centres on [0, 5] Å) and the default h = 0.005 Å it is below float32 resolution.
+The cutoff function is not tabulated: it multiplies the interpolated W exactly, as in
+:class:`~atomnet.nn.cfconv.FilterNetwork`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+#: default grid spacing h, Å
+DEFAULT_SPACING = 0.005
+
+
+def hermite_coefficients(values: torch.Tensor, slopes: torch.Tensor, spacing: float) -> torch.Tensor:
+    """Polynomial coefficients of the cubic Hermite segments between consecutive nodes.
+
+    Args:
+        values: W(r_k), (n_nodes, F); slopes: dW/dr(r_k), (n_nodes, F) per Å; spacing: h, Å.
+
+    Returns:
+        (n_nodes − 1, 4, F): c with W(r_k + t h) = c0 + c1 t + c2 t² + c3 t³ for t in [0, 1].
+    """
+    v0, v1 = values[:-1], values[1:]
+    d0, d1 = slopes[:-1] * spacing, slopes[1:] * spacing
+    return torch.stack([v0, d0, 3.0 * (v1 - v0) - 2.0 * d0 - d1, 2.0 * (v0 - v1) + d0 + d1], dim=1)
+
+
+class TabulatedFilter(nn.Module):
+    """W(r) · f_c(r) from a table: a drop-in for :class:`~atomnet.nn.cfconv.FilterNetwork` fed distances.
+
+    Args:
+        coefficients: (n_segments, 4, F) Hermite coefficients (:func:`hermite_coefficients`) on [0, n h].
+        spacing: h, Å.
+
+    Shapes: r (n_pairs,) Å, fcut (n_pairs,) → (n_pairs, F). Beyond the last node W keeps its last value
+    (the cutoff function is zero there).
+    """
+
+    def __init__(self, coefficients: torch.Tensor, spacing: float):
+        super().__init__()
+        self.register_buffer("coefficients", coefficients)
+        self.spacing = float(spacing)
+
+    @classmethod
+    def from_function(
+        cls,
+        filter_of_distance: Callable[[torch.Tensor], torch.Tensor],
+        r_max: float,
+        spacing: float = DEFAULT_SPACING,
+        dtype: torch.dtype = torch.float32,
+    ) -> TabulatedFilter:
+        """Tabulate ``filter_of_distance`` ((n,) float64 Å → (n, F)) on [0, r_max] with about ``spacing``.
+
+        The spacing is shrunk so that a node falls on ``r_max``; slopes come from ``torch.func.jvp``.
+        """
+        n_segments = max(1, math.ceil(r_max / spacing))
+        h = r_max / n_segments
+        r = torch.linspace(0.0, r_max, n_segments + 1, dtype=torch.float64)
+        with torch.no_grad():
+            values, slopes = torch.func.jvp(filter_of_distance, (r,), (torch.ones_like(r),))
+        return cls(hermite_coefficients(values, slopes, h).to(dtype), h)
+
+    def forward(self, r: torch.Tensor, fcut: torch.Tensor) -> torch.Tensor:
+        x = r * (1.0 / self.spacing)
+        node = x.detach().floor().clamp_(0, self.coefficients.shape[0] - 1)
+        t = (x - node).clamp(max=1.0)[:, None]  # gradient flows through x: dt/dr = 1/h
+        c = self.coefficients[node.long()]  # (n_pairs, 4, F)
+        w = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+        return w * fcut[:, None]
