@@ -8,7 +8,8 @@ Maxwell–Boltzmann velocities (300 K); nothing attached to the integrator. Each
 ``--repeats`` times, interleaved, after warm-up steps; the best run is reported.
 
 atomnet is measured eagerly and with ``compile=True`` (torch.compile; the compilation happens in the warm-up
-steps and is not timed). schnetpack is measured with ASENeighborList (its default) and with
+steps and is not timed), each with the exact filter networks and with ``tabulate=True`` (cubic Hermite tables
+of the filters; the script prints their force error next to float32 round-off). schnetpack is measured with ASENeighborList (its default) and with
 SkinNeighborList(MatScipyNeighborList) using the same skin as atomnet. schnetpack 2.1.1 conflicts with
 torch 2.13 in pip's resolver; ``scripts/setup_bench_env.sh`` builds a virtual environment with both (and
 the two shims schnetpack needs under torch >= 2.6 are applied below):
@@ -86,9 +87,23 @@ def water_box(n_side: int = 7, density: float = 1.0, seed: int = 0) -> Atoms:
     return atoms
 
 
-def atomnet_calculator(skin: float, compile: bool = False) -> AtomNetCalculator:
+def atomnet_calculator(
+    skin: float, compile: bool = False, tabulate: bool = False, dtype: torch.dtype = torch.float32
+) -> AtomNetCalculator:
     torch.manual_seed(0)
-    return AtomNetCalculator(Potential(SchNet(**HPARAMS)), dtype=torch.float32, skin=skin, compile=compile)
+    pot = Potential(SchNet(**HPARAMS))
+    return AtomNetCalculator(pot, dtype=dtype, skin=skin, compile=compile, tabulate=tabulate)
+
+
+def tabulation_error(atoms: Atoms, skin: float) -> tuple[float, float]:
+    """Max |ΔF| (eV/Å) against the exact float64 model: of the float32 tabulated model, and of the float32
+    exact model (round-off), on ``atoms``."""
+    reference = atomnet_calculator(skin, dtype=torch.float64).get_forces(atoms.copy())
+    errors = []
+    for tabulate in (True, False):
+        forces = atomnet_calculator(skin, tabulate=tabulate).get_forces(atoms.copy())
+        errors.append(float(np.abs(forces - reference).max()))
+    return errors[0], errors[1]
 
 
 def schnetpack_calculator(model_path: str, neighbor_list: str, skin: float):
@@ -168,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-schnetpack", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd atomnet column")
+    parser.add_argument("--no-tabulate", action="store_true", help="skip the tabulated-filter atomnet columns")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -191,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         yield "atomnet", lambda: atomnet_calculator(args.skin)
         if not args.no_compile:
             yield "atomnet compiled", lambda: atomnet_calculator(args.skin, compile=True)
+        if not args.no_tabulate:
+            yield "atomnet tabulated", lambda: atomnet_calculator(args.skin, tabulate=True)
+            if not args.no_compile:
+                yield "atomnet compiled tabulated", lambda: atomnet_calculator(
+                    args.skin, compile=True, tabulate=True
+                )
         if spk_version:
             yield "schnetpack ASENeighborList", lambda: schnetpack_calculator(model_path, "ase", args.skin)
             yield "schnetpack Skin+MatScipy", lambda: schnetpack_calculator(model_path, "skin", args.skin)
@@ -209,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                 table[system, name] = max(table.get((system, name), 0.0), rate)
         for name in calcs:
             print(f"  {system:32s} {name:28s} {table[system, name]:9.2f} steps/s", flush=True)
+        if not args.no_tabulate:
+            tab, round_off = tabulation_error(atoms, args.skin)
+            print(
+                f"  {system:32s} max |F - F_exact,float64|: tabulated float32 {tab:.2e} eV/Å, "
+                f"exact float32 {round_off:.2e} eV/Å",
+                flush=True,
+            )
 
     names = [n for n, _ in configs()]
     ours = [n for n in names if n.startswith("atomnet")]

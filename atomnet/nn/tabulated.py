@@ -76,6 +76,6 @@ class TabulatedFilter(nn.Module):
         x = r * (1.0 / self.spacing)
         node = x.detach().floor().clamp_(0, self.coefficients.shape[0] - 1)
         t = (x - node).clamp(max=1.0)[:, None]  # gradient flows through x: dt/dr = 1/h
-        c = self.coefficients[node.long()]  # (n_pairs, 4, F)
-        w = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+        c0, c1, c2, c3 = self.coefficients[node.long()].unbind(1)  # 4 × (n_pairs, F)
+        w = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))  # Horner
         return w * fcut[:, None]
