@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-schnetpack", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd atomnet column")
-    parser.add_argument("--no-tabulate", action="store_true", help="skip the tabulated-filter atomnet columns")
+    parser.add_argument(
+        "--no-tabulate", action="store_true", help="skip the tabulated-filter atomnet columns"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -210,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tabulate:
             yield "atomnet tabulated", lambda: atomnet_calculator(args.skin, tabulate=True)
             if not args.no_compile:
-                yield "atomnet compiled tabulated", lambda: atomnet_calculator(
-                    args.skin, compile=True, tabulate=True
+                yield (
+                    "atomnet compiled tabulated",
+                    lambda: atomnet_calculator(args.skin, compile=True, tabulate=True),
                 )
         if spk_version:
             yield "schnetpack ASENeighborList", lambda: schnetpack_calculator(model_path, "ase", args.skin)

@@ -74,12 +74,15 @@ def test_filter_tables_match_the_networks():
     for exact, tabulated in zip(model.interactions, table.interactions, strict=True):
         assert isinstance(exact.filter_network, FilterNetwork)
         assert isinstance(tabulated.filter_network, TabulatedFilter)
-        w, dw = value_and_slope(lambda x, _: exact.filter_network(model.rbf(x), torch.ones_like(x)), r)
+        network = exact.filter_network
+        w, dw = value_and_slope(lambda x, _, net=network: net(model.rbf(x), torch.ones_like(x)), r)
         wt, dwt = value_and_slope(tabulated.filter_network, r)
         scale = w.abs().max()
         assert (wt - w).abs().max() < 1e-8 * scale
         assert (dwt - dw).abs().max() < 1e-5 * dw.abs().max()
-        torch.testing.assert_close(tabulated.filter_network(r, fcut), w * fcut[:, None], rtol=0, atol=1e-8 * scale)
+        torch.testing.assert_close(
+            tabulated.filter_network(r, fcut), w * fcut[:, None], rtol=0, atol=1e-8 * scale
+        )
 
 
 def test_tabulated_model_predicts_like_the_exact_one():
@@ -94,7 +97,9 @@ def test_tabulated_model_predicts_like_the_exact_one():
     np.testing.assert_allclose(tab[keys.ATOMIC_ENERGIES], exact[keys.ATOMIC_ENERGIES], rtol=0, atol=1e-8)
     f = exact[keys.FORCES]
     assert np.abs(tab[keys.FORCES] - f).max() < 1e-6 * np.abs(f).max()
-    assert not np.allclose(tab[keys.ENERGY], exact[keys.ENERGY], rtol=0, atol=1e-14)  # really a different path
+    assert not np.allclose(
+        tab[keys.ENERGY], exact[keys.ENERGY], rtol=0, atol=1e-14
+    )  # really a different path
     for name, value in pot.model.state_dict().items():  # the original model is untouched
         assert torch.equal(value, before[name])
     assert isinstance(pot.model.interactions[0].filter_network, FilterNetwork)

@@ -40,7 +40,8 @@ class AtomisticModel(nn.Module):
 
         ``vectors`` come from :meth:`forward`: for a mirrored batch one per unordered pair (n = n_pairs / 2),
         since the reversed pairs have the same distances; :class:`~atomnet.nn.ops.FilterProduct` applies
-        each filter to both directions. Otherwise n = n_pairs.
+        each filter to both directions. Otherwise n = n_pairs. In a copy made by
+        :func:`~atomnet.models.tabulate.tabulate_filters` ``rbf`` is the identity: (r (n,), f_c (n,)).
         """
         r = torch.linalg.vector_norm(vectors, dim=-1)
         return self.rbf(r), self.cutoff_fn(r)
