@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="pretrained name or model file")
     parser.add_argument("structures", help="extxyz (or any ASE-readable) file")
     parser.add_argument("--frames", type=int, default=100, help="first N frames")
-    parser.add_argument("--spacing", type=float, default=None, help="table spacing, Å (default: the module's)")
+    parser.add_argument(
+        "--spacing", type=float, default=None, help="table spacing, Å (default: the module's)"
+    )
     args = parser.parse_args(argv)
 
     frames = read(args.structures, index=f":{args.frames}")
