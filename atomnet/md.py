@@ -251,7 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tabulate",
         action="store_true",
-        help="tabulated filters (SchNet): much faster steps for large systems, forces within float32 "
+        help="tabulated filters of the distance: much faster steps for large systems, forces within float32 "
         "round-off of the exact model; best with --compile",
     )
     parser.add_argument("--no-progress", action="store_true")

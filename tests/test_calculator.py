@@ -287,11 +287,12 @@ def test_compiled_calculator_matches_eager(name):
         pytest.skip("torch.compile is unavailable here (fell back to eager); equality checked on eager")
 
 
-def test_tabulated_calculator_matches_exact_and_compiles():
+@pytest.mark.parametrize("name", ["schnet", "dtnn"])
+def test_tabulated_calculator_matches_exact_and_compiles(name):
     """tabulate=True: results within the table's error of the exact model (energies 1e-8 eV, forces and
     stress 1e-6 relative), eagerly and compiled (compiled = eager to round-off), across a pair-list rebuild;
     a failed compilation falls back to the tabulated eager models, not to the exact ones."""
-    pot = make_potential("schnet", cutoff=3.5)
+    pot = make_potential(name, cutoff=3.5)
     exact = AtomNetCalculator(pot, skin=0.3)
     tabulated = AtomNetCalculator(pot, skin=0.3, tabulate=True)
     both = AtomNetCalculator(pot, skin=0.3, tabulate=True, compile=True)
@@ -309,7 +310,8 @@ def test_tabulated_calculator_matches_exact_and_compiles():
         for key in ("energy", "energies", "forces", "stress"):
             np.testing.assert_allclose(both.results[key], tabulated.results[key], rtol=1e-9, atol=1e-10)
     assert tabulated.tabulated and both.n_neighbor_builds == 2
-    assert type(tabulated._models[0].interactions[0].filter_network).__name__ == "TabulatedFilter"
+    model = tabulated._models[0]
+    assert type(model.get_submodule(model.distance_filters()[0])).__name__ == "TabulatedFilter"
     both._models = [lambda *a: (_ for _ in ()).throw(RuntimeError("inductor: no compiler"))]
     with pytest.warns(UserWarning, match="torch.compile failed"):
         both.calculate(frames[0], ["energy", "forces"])

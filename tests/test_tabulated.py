@@ -22,6 +22,7 @@ from test_models import make_potential
 
 from atomnet import keys
 from atomnet.errors import AtomNetError
+from atomnet.models.schnet import SchNet
 from atomnet.models.tabulate import tabulate_filters
 from atomnet.nn.cfconv import FilterNetwork
 from atomnet.nn.tabulated import TabulatedFilter
@@ -65,29 +66,39 @@ def test_interpolation_error_follows_the_h4_bound(h):
     assert bound / 20 < error <= bound
 
 
-def test_filter_tables_match_the_networks():
-    """Every tabulated filter equals its FilterNetwork (values and slopes) at random distances."""
-    pot = make_potential("schnet")
+def exact_filter(model, name: str):
+    """The function of r that ``model``'s distance filter ``name`` computes (what the table must hold)."""
+    module = model.get_submodule(name)
+    if isinstance(module, FilterNetwork):
+        return lambda r, _: module(model.rbf(r), torch.ones_like(r))
+    return lambda r, _: module(model.rbf(r))
+
+
+@pytest.mark.parametrize("name", ["schnet", "dtnn"])
+def test_filter_tables_match_the_networks(name):
+    """Every tabulated filter equals the module it replaces (values and slopes) at random distances."""
+    pot = make_potential(name)
     model, table = pot.model, tabulate_filters(pot.model)
+    names = model.distance_filters()
+    assert len(names) == len(model.interactions)
     r = torch.rand(300, dtype=torch.float64) * model.cutoff
-    fcut = model.cutoff_fn(r)
-    for exact, tabulated in zip(model.interactions, table.interactions, strict=True):
-        assert isinstance(exact.filter_network, FilterNetwork)
-        assert isinstance(tabulated.filter_network, TabulatedFilter)
-        network = exact.filter_network
-        w, dw = value_and_slope(lambda x, _, net=network: net(model.rbf(x), torch.ones_like(x)), r)
-        wt, dwt = value_and_slope(tabulated.filter_network, r)
-        scale = w.abs().max()
-        assert (wt - w).abs().max() < 1e-8 * scale
+    for filter_name in names:
+        tabulated = table.get_submodule(filter_name)
+        assert isinstance(tabulated, TabulatedFilter)
+        w, dw = value_and_slope(exact_filter(model, filter_name), r)
+        wt, dwt = value_and_slope(tabulated, r)
+        assert (wt - w).abs().max() < 1e-8 * w.abs().max()
         assert (dwt - dw).abs().max() < 1e-5 * dw.abs().max()
-        torch.testing.assert_close(
-            tabulated.filter_network(r, fcut), w * fcut[:, None], rtol=0, atol=1e-8 * scale
-        )
+        fcut = model.cutoff_fn(r)
+        torch.testing.assert_close(tabulated(r, fcut), wt * fcut[:, None], rtol=0, atol=1e-14)
+        torch.testing.assert_close(tabulated(r), wt, rtol=0, atol=0)
 
 
-def test_tabulated_model_predicts_like_the_exact_one():
-    pot = make_potential("schnet")
+@pytest.mark.parametrize("name", ["schnet", "dtnn"])
+def test_tabulated_model_predicts_like_the_exact_one(name):
+    pot = make_potential(name)
     before = {k: v.clone() for k, v in pot.model.state_dict().items()}
+    filter_type = type(pot.model.get_submodule(pot.model.distance_filters()[0]))
     tabulated = Potential(tabulate_filters(pot.model))
     structures = [molecule("CH3CH2OH"), molecule("C6H6"), water_box()]
     for atoms in structures:
@@ -100,16 +111,17 @@ def test_tabulated_model_predicts_like_the_exact_one():
     assert not np.allclose(
         tab[keys.ENERGY], exact[keys.ENERGY], rtol=0, atol=1e-14
     )  # really a different path
-    for name, value in pot.model.state_dict().items():  # the original model is untouched
-        assert torch.equal(value, before[name])
-    assert isinstance(pot.model.interactions[0].filter_network, FilterNetwork)
+    for key, value in pot.model.state_dict().items():  # the original model is untouched
+        assert torch.equal(value, before[key])
+    assert type(pot.model.get_submodule(pot.model.distance_filters()[0])) is filter_type
     assert not any(p.requires_grad for p in tabulated.model.parameters())
 
 
-def test_tabulated_model_passes_the_physics_checks():
+@pytest.mark.parametrize("name", ["schnet", "dtnn"])
+def test_tabulated_model_passes_the_physics_checks(name):
     """Forces = −∇E (the spline's slopes are the derivative of its values), invariances, batch = single,
     stress, and smoothness at the cutoff (the cutoff function multiplies the table exactly)."""
-    pot = Potential(tabulate_filters(make_potential("schnet").model))
+    pot = Potential(tabulate_filters(make_potential(name).model))
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.05, seed=1)
     check_invariance(pot, atoms)
@@ -119,9 +131,13 @@ def test_tabulated_model_passes_the_physics_checks():
     check_cutoff_smoothness(pot)
 
 
-def test_models_without_filter_networks_and_bad_spacing_are_refused():
-    with pytest.raises(AtomNetError, match="DTNN has no filter networks"):
-        tabulate_filters(make_potential("dtnn").model)
+def test_models_without_distance_filters_and_bad_spacing_are_refused():
+    class NoFilters(SchNet):
+        def distance_filters(self) -> list[str]:
+            return []
+
+    with pytest.raises(AtomNetError, match="NoFilters has no filters of the distance to tabulate"):
+        tabulate_filters(NoFilters(n_atom_basis=8, n_filters=8, n_interactions=1, n_rbf=5))
     with pytest.raises(ValueError, match="spacing must be > 0"):
         tabulate_filters(make_potential("schnet").model, spacing=0.0)
 

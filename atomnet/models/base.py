@@ -46,6 +46,12 @@ class AtomisticModel(nn.Module):
         r = torch.linalg.vector_norm(vectors, dim=-1)
         return self.rbf(r), self.cutoff_fn(r)
 
+    def distance_filters(self) -> list[str]:
+        """Names of the submodules that map the radial basis (and cutoff values) to per-pair filters: the
+        functions of the distance alone that :func:`~atomnet.models.tabulate.tabulate_filters` tabulates.
+        Default: none."""
+        return []
+
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Raw per-atom outputs y_i (n_atoms,) and extra results (e.g. hidden states).
 

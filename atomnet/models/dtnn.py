@@ -106,6 +106,10 @@ class DTNN(AtomisticModel):
         self.output = nn.Sequential(nn.Linear(n_atom_basis, n_hidden), Tanh(), nn.Linear(n_hidden, 1))
         self.return_hidden = False
 
+    def distance_filters(self) -> list[str]:
+        """The distance factors W_df d̂_ij + b_f2 (one Linear layer of the radial basis per block)."""
+        return [f"interactions.{k}.df" for k in range(len(self.interactions))]
+
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
         rbf, fcut = self.radial(batch, vectors)
         x = self.embedding(batch.numbers)

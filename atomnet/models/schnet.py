@@ -86,6 +86,10 @@ class SchNet(AtomisticModel):
             nn.Linear(n_atom_basis, n_atom_basis // 2), ShiftedSoftplus(), nn.Linear(n_atom_basis // 2, 1)
         )
 
+    def distance_filters(self) -> list[str]:
+        """The filter networks W(r_ij), one per interaction block."""
+        return [f"interactions.{k}.filter_network" for k in range(len(self.interactions))]
+
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
         rbf, fcut = self.radial(batch, vectors)
         x = self.embedding(batch.numbers)

@@ -1,8 +1,9 @@
 """A copy of a model whose filter networks are tables: faster MD, same predictions to float32 resolution.
 
-:func:`tabulate_filters` rewrites a model (as zennit's canonizers do, but into a copy): every
-:class:`~atomnet.nn.cfconv.FilterNetwork` becomes a :class:`~atomnet.nn.tabulated.TabulatedFilter` of
-W(r) = FilterNetwork(e(r), 1), and the radial basis e becomes the identity, so the filters receive the
+:func:`tabulate_filters` rewrites a model (as zennit's canonizers do, but into a copy): every module
+named by the model's ``distance_filters()`` (SchNet's filter networks, DTNN's distance factors) becomes a
+:class:`~atomnet.nn.tabulated.TabulatedFilter` of the function of r it computes (for a FilterNetwork,
+W(r) = FilterNetwork(e(r), 1)), and the radial basis e becomes the identity, so the filters receive the
 distances r instead of their Gaussian expansion. The original model is untouched; tabulated copies are for
 inference (MD, screening), not for training or saving.
 """
@@ -24,25 +25,25 @@ def tabulate_filters(model: AtomisticModel, spacing: float = DEFAULT_SPACING) ->
     """A frozen copy of ``model`` (same dtype and device) with tabulated filters on [0, cutoff].
 
     Args:
-        model: a model built from :class:`~atomnet.nn.cfconv.FilterNetwork` filters (SchNet).
+        model: a model whose :meth:`~atomnet.models.base.AtomisticModel.distance_filters` name the modules
+            fed by the radial basis (SchNet: the filter networks; DTNN: the distance factors W_df).
         spacing: grid spacing h in Å (:mod:`atomnet.nn.tabulated` discusses the error).
     """
     if spacing <= 0:
         raise ValueError(f"tabulation spacing must be > 0 Å, got {spacing}")
-    networks = [name for name, m in model.named_modules() if isinstance(m, FilterNetwork)]
-    if not networks or not isinstance(getattr(model, "rbf", None), nn.Module):
-        raise AtomNetError(
-            f"{type(model).__name__} has no filter networks of the distance to tabulate "
-            "(supported: models built from FilterNetwork, e.g. SchNet)"
-        )
+    names = model.distance_filters()
+    if not names or not isinstance(getattr(model, "rbf", None), nn.Module):
+        raise AtomNetError(f"{type(model).__name__} has no filters of the distance to tabulate")
     weight = next(model.parameters())
     exact = copy.deepcopy(model).to(torch.float64)
     table = copy.deepcopy(model).requires_grad_(False)
-    for name in networks:
-        network = exact.get_submodule(name)
+    for name in names:
+        module = exact.get_submodule(name)
 
-        def filter_of_distance(r: torch.Tensor, network: FilterNetwork = network) -> torch.Tensor:
-            return network(exact.rbf(r), torch.ones_like(r))
+        def filter_of_distance(r: torch.Tensor, module: nn.Module = module) -> torch.Tensor:
+            if isinstance(module, FilterNetwork):  # W(r) without the cutoff: the call site passes f_c
+                return module(exact.rbf(r), torch.ones_like(r))
+            return module(exact.rbf(r))
 
         tabulated = TabulatedFilter.from_function(filter_of_distance, model.cutoff, spacing, weight.dtype)
         parent, _, attribute = name.rpartition(".")

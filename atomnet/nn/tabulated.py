@@ -1,7 +1,7 @@
 """Filters as cubic Hermite splines of the distance: the filter network evaluated once, on a grid.
 
 A SchNet filter W(r) = Dense(ssp(Dense(e(r)))) is a smooth function of the distance r alone, (n_pairs,) →
-(n_pairs, F). Evaluating the network costs two matrix products per pair and interaction, forward and
+(n_pairs, F); so is DTNN's distance factor W_df e(r) + b. Evaluating the network costs two matrix products per pair and interaction, forward and
 backward — about half the time of an MD step of a large system. :class:`TabulatedFilter` stores W and dW/dr
 (exact, from forward-mode autodiff in float64) at nodes r_k = k h and interpolates each segment with the
 cubic Hermite polynomial through the two end values and slopes, so W is continuously differentiable and the
@@ -38,7 +38,8 @@ def hermite_coefficients(values: torch.Tensor, slopes: torch.Tensor, spacing: fl
 
 
 class TabulatedFilter(nn.Module):
-    """W(r) · f_c(r) from a table: a drop-in for :class:`~atomnet.nn.cfconv.FilterNetwork` fed distances.
+    """W(r) · f_c(r) from a table: a drop-in for :class:`~atomnet.nn.cfconv.FilterNetwork` fed distances
+    (called without ``fcut``: W(r) alone, a drop-in for a layer of the radial basis such as DTNN's W_df).
 
     Args:
         coefficients: (n_segments, 4, F) Hermite coefficients (:func:`hermite_coefficients`) on [0, n h].
@@ -72,10 +73,10 @@ class TabulatedFilter(nn.Module):
             values, slopes = torch.func.jvp(filter_of_distance, (r,), (torch.ones_like(r),))
         return cls(hermite_coefficients(values, slopes, h).to(dtype), h)
 
-    def forward(self, r: torch.Tensor, fcut: torch.Tensor) -> torch.Tensor:
+    def forward(self, r: torch.Tensor, fcut: torch.Tensor | None = None) -> torch.Tensor:
         x = r * (1.0 / self.spacing)
         node = x.detach().floor().clamp_(0, self.coefficients.shape[0] - 1)
         t = (x - node).clamp(max=1.0)[:, None]  # gradient flows through x: dt/dr = 1/h
         c0, c1, c2, c3 = self.coefficients[node.long()].unbind(1)  # 4 × (n_pairs, F)
         w = torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))  # Horner
-        return w * fcut[:, None]
+        return w if fcut is None else w * fcut[:, None]
