@@ -45,8 +45,10 @@ def tabulate_filters(model: AtomisticModel, spacing: float = DEFAULT_SPACING) ->
                 return module(exact.rbf(r), torch.ones_like(r))
             return module(exact.rbf(r))
 
-        tabulated = TabulatedFilter.from_function(filter_of_distance, model.cutoff, spacing, weight.dtype)
+        tabulated = TabulatedFilter.from_function(
+            filter_of_distance, model.cutoff, spacing, weight.dtype, weight.device
+        )
         parent, _, attribute = name.rpartition(".")
-        setattr(table.get_submodule(parent), attribute, tabulated.to(weight.device))
+        setattr(table.get_submodule(parent), attribute, tabulated)
     table.rbf = nn.Identity()  # radial() now hands the filters the distances: (r, f_c(r))
     return table

@@ -61,14 +61,16 @@ class TabulatedFilter(nn.Module):
         r_max: float,
         spacing: float = DEFAULT_SPACING,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> TabulatedFilter:
-        """Tabulate ``filter_of_distance`` ((n,) float64 Å → (n, F)) on [0, r_max] with about ``spacing``.
+        """Tabulate ``filter_of_distance`` ((n,) float64 Å → (n, F)) on [0, r_max] with about ``spacing``;
+        the table gets ``dtype`` and lives on ``device`` (where ``filter_of_distance`` is evaluated).
 
         The spacing is shrunk so that a node falls on ``r_max``; slopes come from ``torch.func.jvp``.
         """
         n_segments = max(1, math.ceil(r_max / spacing))
         h = r_max / n_segments
-        r = torch.linspace(0.0, r_max, n_segments + 1, dtype=torch.float64)
+        r = torch.linspace(0.0, r_max, n_segments + 1, dtype=torch.float64, device=device)
         with torch.no_grad():
             values, slopes = torch.func.jvp(filter_of_distance, (r,), (torch.ones_like(r),))
         return cls(hermite_coefficients(values, slopes, h).to(dtype), h)
