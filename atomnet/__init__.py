@@ -24,6 +24,7 @@ __all__ = [
     "batch_from_atoms",
     "list_models",
     "load_model",
+    "tabulate_filters",
     "__version__",
 ]
 
@@ -33,6 +34,7 @@ _LAZY = {
     "Potential": "atomnet.potential",
     "SchNet": "atomnet.models",
     "DTNN": "atomnet.models",
+    "tabulate_filters": "atomnet.models",
 }
 
 

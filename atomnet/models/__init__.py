@@ -4,5 +4,15 @@ from atomnet.models.base import AtomisticModel
 from atomnet.models.dtnn import DTNN
 from atomnet.models.registry import MODELS, build_model, load_model_file, save_model
 from atomnet.models.schnet import SchNet
+from atomnet.models.tabulate import tabulate_filters
 
-__all__ = ["AtomisticModel", "DTNN", "MODELS", "SchNet", "build_model", "load_model_file", "save_model"]
+__all__ = [
+    "AtomisticModel",
+    "DTNN",
+    "MODELS",
+    "SchNet",
+    "build_model",
+    "load_model_file",
+    "save_model",
+    "tabulate_filters",
+]
