@@ -75,11 +75,11 @@ class AtomNetCalculator(Calculator):
             round-off. The compiled models are copies: later changes to the potentials' weights do not
             reach them.
         tabulate: evaluate copies of the models whose filters of the distance (SchNet's filter networks,
-            DTNN's distance factors) are cubic Hermite tables (:func:`~atomnet.models.tabulate.
-            tabulate_filters`; a one-off ~2 s per model). Removes the filter networks' matrix products from every step, the dominant
-            cost for large systems; pays off fully with ``compile=True``, which fuses the table look-ups
-            (1,029-atom water box: 9.8 vs 4.1 steps/s compiled, 4.1 vs 3.2 eager; ``scripts/bench_md.py``).
-            Forces move by less than float32 round-off (trained ethanol SchNet: 1.0e-6 vs 3.7e-6 eV/Å;
+            DTNN's distance factors) are cubic Hermite tables (:func:`atomnet.models.tabulate_filters`; a
+            one-off ~2 s per model). Removes the filter networks' matrix products from every step, the
+            dominant cost for large systems; pays off fully with ``compile=True`` (1,029-atom water box:
+            9.8 vs 4.1 steps/s compiled, 4.1 vs 3.2 eager; ``scripts/bench_md.py``). Forces move by less
+            than float32 round-off (trained ethanol SchNet: 1.0e-6 vs 3.7e-6 eV/Å;
             ``scripts/tabulation_error.py``); energy and forces stay consistent (F = −∇E).
     """
 

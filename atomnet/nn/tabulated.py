@@ -1,8 +1,8 @@
 """Filters as cubic Hermite splines of the distance: the filter network evaluated once, on a grid.
 
 A SchNet filter W(r) = Dense(ssp(Dense(e(r)))) is a smooth function of the distance r alone, (n_pairs,) →
-(n_pairs, F); so is DTNN's distance factor W_df e(r) + b. Evaluating the network costs two matrix products per pair and interaction, forward and
-backward — about half the time of an MD step of a large system. :class:`TabulatedFilter` stores W and dW/dr
+(n_pairs, F); so is DTNN's distance factor W_df e(r) + b. Evaluating the network costs two matrix products
+per pair and interaction, forward and backward — about half the time of an MD step of a large system. :class:`TabulatedFilter` stores W and dW/dr
 (exact, from forward-mode autodiff in float64) at nodes r_k = k h and interpolates each segment with the
 cubic Hermite polynomial through the two end values and slopes, so W is continuously differentiable and the
 forces stay continuous. The interpolation error is ≈ h⁴/384 · max|W''''|; for SchNet's Gaussians
