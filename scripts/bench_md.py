@@ -34,10 +34,12 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
 from atomnet.calculator import AtomNetCalculator
-from atomnet.models import SchNet
+from atomnet.models import DTNN, SchNet
 from atomnet.potential import Potential
 
 HPARAMS = dict(n_atom_basis=128, n_filters=128, n_interactions=3, n_rbf=50, cutoff=5.0)
+#: ``--model dtnn``: the shipped dtnn-md17-ethanol architecture (atomnet only: schnetpack 2 has no DTNN)
+DTNN_HPARAMS = dict(n_atom_basis=64, n_factors=64, n_interactions=3, cutoff=5.0)
 
 # QM9 gdb 39683 (C7H12O2, 21 atoms), B3LYP geometry from the QM9 xyz file, Å
 GDB_39683 = """
@@ -88,20 +90,24 @@ def water_box(n_side: int = 7, density: float = 1.0, seed: int = 0) -> Atoms:
 
 
 def atomnet_calculator(
-    skin: float, compile: bool = False, tabulate: bool = False, dtype: torch.dtype = torch.float32
+    skin: float,
+    compile: bool = False,
+    tabulate: bool = False,
+    dtype: torch.dtype = torch.float32,
+    model: str = "schnet",
 ) -> AtomNetCalculator:
     torch.manual_seed(0)
-    pot = Potential(SchNet(**HPARAMS))
+    pot = Potential(SchNet(**HPARAMS) if model == "schnet" else DTNN(**DTNN_HPARAMS))
     return AtomNetCalculator(pot, dtype=dtype, skin=skin, compile=compile, tabulate=tabulate)
 
 
-def tabulation_error(atoms: Atoms, skin: float) -> tuple[float, float]:
+def tabulation_error(atoms: Atoms, skin: float, model: str) -> tuple[float, float]:
     """Max |ΔF| (eV/Å) against the exact float64 model: of the float32 tabulated model, and of the float32
     exact model (round-off), on ``atoms``."""
-    reference = atomnet_calculator(skin, dtype=torch.float64).get_forces(atoms.copy())
+    reference = atomnet_calculator(skin, dtype=torch.float64, model=model).get_forces(atoms.copy())
     errors = []
     for tabulate in (True, False):
-        forces = atomnet_calculator(skin, tabulate=tabulate).get_forces(atoms.copy())
+        forces = atomnet_calculator(skin, tabulate=tabulate, model=model).get_forces(atoms.copy())
         errors.append(float(np.abs(forces - reference).max()))
     return errors[0], errors[1]
 
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-large", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-schnetpack", action="store_true")
+    parser.add_argument("--model", choices=("schnet", "dtnn"), default="schnet", help="dtnn: atomnet only")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd atomnet column")
     parser.add_argument(
         "--no-tabulate", action="store_true", help="skip the tabulated-filter atomnet columns"
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spk_version = None
     tmp = tempfile.TemporaryDirectory()
-    if not args.no_schnetpack:
+    if not args.no_schnetpack and args.model == "schnet":
         try:
             spk_version = import_schnetpack().__version__
             model_path = os.path.join(tmp.name, "spk_schnet.pt")
@@ -206,15 +213,15 @@ def main(argv: list[str] | None = None) -> int:
             spk_version = None
 
     def configs():
-        yield "atomnet", lambda: atomnet_calculator(args.skin)
+        yield "atomnet", lambda: atomnet_calculator(args.skin, model=args.model)
         if not args.no_compile:
-            yield "atomnet compiled", lambda: atomnet_calculator(args.skin, compile=True)
+            yield "atomnet compiled", lambda: atomnet_calculator(args.skin, compile=True, model=args.model)
         if not args.no_tabulate:
-            yield "atomnet tabulated", lambda: atomnet_calculator(args.skin, tabulate=True)
+            yield "atomnet tabulated", lambda: atomnet_calculator(args.skin, tabulate=True, model=args.model)
             if not args.no_compile:
                 yield (
                     "atomnet compiled tabulated",
-                    lambda: atomnet_calculator(args.skin, compile=True, tabulate=True),
+                    lambda: atomnet_calculator(args.skin, compile=True, tabulate=True, model=args.model),
                 )
         if spk_version:
             yield "schnetpack ASENeighborList", lambda: schnetpack_calculator(model_path, "ase", args.skin)
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, schnetpack {spk_version}, "
         f"threads {args.threads}, flush_denormal {bool(args.flush_denormal)}, skin {args.skin} Å, "
-        f"SchNet {HPARAMS}, float32, {platform.machine()} ({os.cpu_count()} CPUs)"
+        f"{args.model} {HPARAMS if args.model == 'schnet' else DTNN_HPARAMS}, float32, {platform.machine()} ({os.cpu_count()} CPUs)"
     )
     table: dict[tuple[str, str], float] = {}
     for system, (atoms, steps) in systems.items():
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in calcs:
             print(f"  {system:32s} {name:28s} {table[system, name]:9.2f} steps/s", flush=True)
         if not args.no_tabulate:
-            tab, round_off = tabulation_error(atoms, args.skin)
+            tab, round_off = tabulation_error(atoms, args.skin, args.model)
             print(
                 f"  {system:32s} max |F - F_exact,float64|: tabulated float32 {tab:.2e} eV/Å, "
                 f"exact float32 {round_off:.2e} eV/Å",
@@ -244,18 +251,17 @@ def main(argv: list[str] | None = None) -> int:
 
     names = [n for n, _ in configs()]
     ours = [n for n in names if n.startswith("atomnet")]
+    peers = [n for n in names if n not in ours]
+    baseline = "best schnetpack" if peers else "atomnet"  # without schnetpack: ratios to eager atomnet
+    compared = ours if peers else ours[1:]
     print(
-        "\n| system | "
-        + " | ".join(names)
-        + " | "
-        + " | ".join(f"{n} / best schnetpack" for n in ours)
-        + " |"
+        "\n| system | " + " | ".join(names) + " | " + " | ".join(f"{n} / {baseline}" for n in compared) + " |"
     )
-    print("|---" * (len(names) + len(ours) + 1) + "|")
+    print("|---" * (len(names) + len(compared) + 1) + "|")
     for system in systems:
-        best_spk = max((table[system, n] for n in names if n not in ours), default=float("nan"))
+        reference = max(table[system, n] for n in (peers or ["atomnet"]))
         rates = " | ".join(f"{table[system, n]:.2f}" for n in names)
-        ratios = " | ".join(f"{table[system, n] / best_spk:.2f}x" for n in ours)
+        ratios = " | ".join(f"{table[system, n] / reference:.2f}x" for n in compared)
         print(f"| {system} | {rates} | {ratios} |")
     print("\ncommand: " + " ".join([os.path.basename(sys.executable), *sys.argv]))
     tmp.cleanup()
