@@ -179,6 +179,38 @@ def steps_per_second(calc, atoms: Atoms, steps: int, warmup: int) -> float:
     return steps / elapsed
 
 
+def speed_plot(table: dict[tuple[str, str], float], systems: list[str], names: list[str], path: str) -> None:
+    """One panel per system: steps/s of every configuration as horizontal bars, atomnet in blue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from atomnet.files import atomic_output
+
+    fig, axes = plt.subplots(
+        1, len(systems), figsize=(6 * len(systems), 0.5 * len(names) + 1.5), squeeze=False
+    )
+    for ax, system in zip(axes[0], systems, strict=True):
+        rates = [table[system, n] for n in names]
+        colors = ["tab:blue" if n.startswith("atomnet") else "tab:gray" for n in names]
+        ax.barh(range(len(names)), rates, color=colors)
+        for k, rate in enumerate(rates):
+            ax.text(rate, k, f" {rate:.1f}", va="center", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.2 * max(rates))
+        ax.set_xlabel("MD steps per second (higher is better)")
+        ax.set_title(system, fontsize=10)
+    fig.tight_layout()
+    try:
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -189,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-schnetpack", action="store_true")
     parser.add_argument("--model", choices=("schnet", "dtnn"), default="schnet", help="dtnn: atomnet only")
+    parser.add_argument("--png", default=None, help="also draw the steps/s as bars into this PNG")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd atomnet column")
     parser.add_argument(
         "--no-tabulate", action="store_true", help="skip the tabulated-filter atomnet columns"
@@ -263,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         rates = " | ".join(f"{table[system, n]:.2f}" for n in names)
         ratios = " | ".join(f"{table[system, n] / reference:.2f}x" for n in compared)
         print(f"| {system} | {rates} | {ratios} |")
+    if args.png:
+        speed_plot(table, list(systems), names, args.png)
     print("\ncommand: " + " ".join([os.path.basename(sys.executable), *sys.argv]))
     tmp.cleanup()
     return 0

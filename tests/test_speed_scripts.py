@@ -37,11 +37,12 @@ def test_tabulation_error_script_on_md17_ethanol(shared_data, capsys):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_bench_md_runs_without_schnetpack(capsys):
-    """A tiny run of every atomnet column (DTNN, eager) and the ratio table against eager atomnet."""
+def test_bench_md_runs_without_schnetpack(capsys, tmp_path):
+    """A tiny run of every atomnet column (DTNN, eager), the ratio table against eager atomnet, the PNG."""
     script = load_script("bench_md")
     argv = ["--model", "dtnn", "--no-schnetpack", "--no-compile", "--steps-small", "2", "--steps-large", "1"]
-    assert script.main([*argv, "--repeats", "1"]) == 0
+    assert script.main([*argv, "--repeats", "1", "--png", str(tmp_path / "speed.png")]) == 0
+    assert (tmp_path / "speed.png").read_bytes().startswith(b"\x89PNG")
     out = capsys.readouterr().out
     rows = table_rows(out)
     assert "tabulated float32" in out and "atomnet tabulated / atomnet" in out
