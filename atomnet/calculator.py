@@ -78,9 +78,10 @@ class AtomNetCalculator(Calculator):
             DTNN's distance factors) are cubic Hermite tables (:func:`atomnet.models.tabulate_filters`; a
             one-off ~2 s per model). Removes the filter networks' matrix products from every step, the
             dominant cost for large systems; pays off fully with ``compile=True`` (1,029-atom water box:
-            9.8 vs 4.1 steps/s compiled, 4.1 vs 3.2 eager; ``scripts/bench_md.py``). Forces move by less
+            9.4 vs 4.0 steps/s compiled, 3.8 vs 2.8 eager; ``scripts/bench_md.py``). Forces move by less
             than float32 round-off (trained ethanol SchNet: 1.0e-6 vs 3.7e-6 eV/Å;
-            ``scripts/tabulation_error.py``); energy and forces stay consistent (F = −∇E).
+            ``scripts/tabulation_error.py``); energy and forces stay consistent (F = −∇E). Not worth it for
+            DTNN, whose one-layer distance factor is cheaper than the look-up (box: 0.70× eager).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
