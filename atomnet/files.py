@@ -28,3 +28,15 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG atomically (:func:`atomic_output`) and close it. Returns ``path``."""
+    import matplotlib.pyplot as plt  # only callers that already drew a figure get here
+
+    try:
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 from ase import units as ase_units
 
-from atomnet.files import atomic_output
+from atomnet.files import atomic_output, save_figure
 
 ENSEMBLES = ("nve", "langevin", "nvt")
 LOG_HEADER = "time_ps Epot_eV Ekin_eV Etot_eV T_K"
@@ -132,12 +132,7 @@ def plot_md(result: MDResult, path: str | os.PathLike) -> Path:
     ax_t.set_ylabel("T / K")
     ax_t.set_xlabel("time / ps")
     fig.tight_layout()
-    try:
-        with atomic_output(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_md(

@@ -186,7 +186,7 @@ def speed_plot(table: dict[tuple[str, str], float], systems: list[str], names: l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from atomnet.files import atomic_output
+    from atomnet.files import save_figure
 
     fig, axes = plt.subplots(
         1, len(systems), figsize=(6 * len(systems), 0.5 * len(names) + 1.5), squeeze=False
@@ -203,12 +203,7 @@ def speed_plot(table: dict[tuple[str, str], float], systems: list[str], names: l
         ax.set_xlabel("MD steps per second (higher is better)")
         ax.set_title(system, fontsize=10)
     fig.tight_layout()
-    try:
-        with atomic_output(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomnet.files import atomic_output
+from atomnet.files import save_figure
 from atomnet.units import KCAL_PER_MOL
 
 EV_TO_KCAL = 1.0 / KCAL_PER_MOL
@@ -22,18 +22,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    """Save ``fig`` as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_output(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    return Path(path)
 
 
 def _panels(pred: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
@@ -70,7 +58,7 @@ def parity_plot(pred: dict[str, np.ndarray], path: str | Path, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def error_histogram(pred: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
@@ -85,7 +73,7 @@ def error_histogram(pred: dict[str, np.ndarray], path: str | Path, title: str = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def learning_curve_plot(
@@ -108,4 +96,4 @@ def learning_curve_plot(
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
