@@ -138,8 +138,9 @@ def test_models_without_distance_filters_and_bad_spacing_are_refused():
 
     with pytest.raises(AtomNetError, match="NoFilters has no filters of the distance to tabulate"):
         tabulate_filters(NoFilters(n_atom_basis=8, n_filters=8, n_interactions=1, n_rbf=5))
-    with pytest.raises(ValueError, match="spacing must be > 0"):
-        tabulate_filters(make_potential("schnet").model, spacing=0.0)
+    for spacing in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="spacing must be > 0 Å and finite"):
+            tabulate_filters(make_potential("schnet").model, spacing=spacing)
 
 
 def test_float32_tables_of_a_float32_model():

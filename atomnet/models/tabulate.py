@@ -29,8 +29,8 @@ def tabulate_filters(model: AtomisticModel, spacing: float = DEFAULT_SPACING) ->
             fed by the radial basis (SchNet: the filter networks; DTNN: the distance factors W_df).
         spacing: grid spacing h in Å (:mod:`atomnet.nn.tabulated` discusses the error).
     """
-    if spacing <= 0:
-        raise ValueError(f"tabulation spacing must be > 0 Å, got {spacing}")
+    if not spacing > 0 or spacing == float("inf"):  # also refuses NaN
+        raise ValueError(f"tabulation spacing must be > 0 Å and finite, got {spacing}")
     names = model.distance_filters()
     if not names or not isinstance(getattr(model, "rbf", None), nn.Module):
         raise AtomNetError(f"{type(model).__name__} has no filters of the distance to tabulate")
