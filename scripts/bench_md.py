@@ -8,9 +8,10 @@ Maxwell–Boltzmann velocities (300 K); nothing attached to the integrator. Each
 ``--repeats`` times, interleaved, after warm-up steps; the best run is reported.
 
 atomnet is measured eagerly and with ``compile=True`` (torch.compile; the compilation happens in the warm-up
-steps and is not timed), each with the exact filter networks and with ``tabulate=True`` (cubic Hermite tables
-of the filters; the script prints their force error next to float32 round-off). schnetpack is measured with ASENeighborList (its default) and with
-SkinNeighborList(MatScipyNeighborList) using the same skin as atomnet. schnetpack 2.1.1 conflicts with
+steps and is not timed), each with the exact filter networks and with ``tabulate=True`` (cubic Hermite
+tables of the filters; the script prints their force error next to float32 round-off). schnetpack is
+measured with ASENeighborList (its default) and with SkinNeighborList(MatScipyNeighborList) using the same
+skin as atomnet. ``--model dtnn`` measures atomnet's DTNN alone; ``--png`` draws the table. schnetpack 2.1.1 conflicts with
 torch 2.13 in pip's resolver; ``scripts/setup_bench_env.sh`` builds a virtual environment with both (and
 the two shims schnetpack needs under torch >= 2.6 are applied below):
 
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, schnetpack {spk_version}, "
         f"threads {args.threads}, flush_denormal {bool(args.flush_denormal)}, skin {args.skin} Å, "
-        f"{args.model} {HPARAMS if args.model == 'schnet' else DTNN_HPARAMS}, float32, {platform.machine()} ({os.cpu_count()} CPUs)"
+        f"{args.model} {HPARAMS if args.model == 'schnet' else DTNN_HPARAMS}, float32, "
+        f"{platform.machine()} ({os.cpu_count()} CPUs)"
     )
     table: dict[tuple[str, str], float] = {}
     for system, (atoms, steps) in systems.items():
