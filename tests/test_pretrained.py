@@ -1,5 +1,6 @@
 """The shipped models' recorded errors (atomnet/pretrained/index.json, quoted in the README) reproduce on the
-shared data, computed here independently: ASE frames → batch → potential, references from the file."""
+shared data, computed here independently of the training code: frames → batch → potential, references from
+the file (QM9 read with the tarball reader, split recomputed from its seed)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 
 import atomnet
 from atomnet import keys
 from atomnet.data import batch_from_atoms
+from atomnet.data.qm9 import read_qm9_tarball
 from atomnet.data.splits import random_split
-from atomnet.units import KCAL_PER_MOL
+from atomnet.units import HARTREE, KCAL_PER_MOL
 
 #: name → (file under ../shared/data, frames of the split the errors were measured on); kcal/mol files
 EVALUATED = {
@@ -40,6 +43,42 @@ def errors(name: str, path, frames: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(np.concatenate(e) - e_ref))), float(
         np.mean(np.abs(np.concatenate(f) - f_ref))
     )
+
+
+QM9_MODELS = ["schnet-qm9-u0", "dtnn-qm9-u0"]
+
+
+@pytest.fixture(scope="module")
+def qm9_test_molecules(shared_data) -> tuple[list[Atoms], np.ndarray]:
+    """The test molecules of the shipped QM9 models (random 5,000 / 500 / 1,000 of the shared subset, seed 0)
+    and their U0 in eV."""
+    table = read_qm9_tarball(shared_data / "qm9" / "qm9_subset.tar.bz2", progress=False)
+    starts = np.concatenate([[0], np.cumsum(table.n_atoms)])
+    test = random_split(len(table.n_atoms), (5000, 500, 1000), seed=0).test
+    molecules = [
+        Atoms(
+            numbers=table.numbers[starts[i] : starts[i + 1]],
+            positions=table.positions[starts[i] : starts[i + 1]],
+        )
+        for i in test
+    ]
+    assert table.units["U0"] == "Hartree"
+    return molecules, table.properties["U0"][test] * HARTREE
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", QM9_MODELS)
+def test_recorded_qm9_errors_reproduce(name, qm9_test_molecules):
+    entry = {e["name"]: e for e in atomnet.list_models()}[name]
+    molecules, reference = qm9_test_molecules
+    assert entry["errors_on"] == "test" and len(molecules) == entry["split_sizes"]["test"]
+    pot = atomnet.load_model(name)
+    energies = []
+    for start in range(0, len(molecules), 250):
+        batch = batch_from_atoms(molecules[start : start + 250], cutoff=pot.cutoff, dtype=torch.float64)
+        energies.append(pot(batch, forces=False)[keys.ENERGY].detach().numpy())
+    energy_mae = float(np.mean(np.abs(np.concatenate(energies) - reference)))
+    assert energy_mae == pytest.approx(entry["errors"]["energy_mae_eV"], rel=2e-3)
 
 
 @pytest.mark.usefixtures("one_thread")
