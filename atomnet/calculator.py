@@ -32,6 +32,7 @@ from atomnet.data.batch import AtomsBatch, make_batch
 from atomnet.errors import AtomNetError, ModelInputError
 from atomnet.models.base import AtomisticModel
 from atomnet.models.tabulate import tabulate_filters
+from atomnet.nn.tabulated import DEFAULT_SPACING
 from atomnet.potential import Potential, energy_and_forces
 from atomnet.pretrained import load_with_meta
 
@@ -75,7 +76,8 @@ class AtomNetCalculator(Calculator):
             round-off. The compiled models are copies: later changes to the potentials' weights do not
             reach them.
         tabulate: evaluate copies of the models whose filters of the distance (SchNet's filter networks,
-            DTNN's distance factors) are cubic Hermite tables (:func:`atomnet.models.tabulate_filters`; a
+            DTNN's distance factors) are cubic Hermite tables (``True``: 0.005 Å grid; a float: that grid
+            spacing in Å; :func:`atomnet.models.tabulate_filters`; a
             one-off ~2 s per model). Removes the filter networks' matrix products from every step, the
             dominant cost for large systems; pays off fully with ``compile=True`` (1,029-atom water box:
             9.4 vs 4.0 steps/s compiled, 3.8 vs 2.8 eager; ``scripts/bench_md.py``). Forces move by less
@@ -96,7 +98,7 @@ class AtomNetCalculator(Calculator):
         skin: float = 0.5,
         elements: Sequence[int] | None = None,
         compile: bool = False,
-        tabulate: bool = False,
+        tabulate: bool | float = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,8 +124,11 @@ class AtomNetCalculator(Calculator):
         self.n_evaluations = 0  #: model evaluations (calls of calculate), for tests and benchmarks
         self.n_neighbor_builds = 0  #: neighbour-list builds
         self.compiled = bool(compile)  #: whether evaluations use torch.compile'd models
-        self.tabulated = bool(tabulate)  #: whether evaluations use tabulated filters
-        self._eager_models = [tabulate_filters(p.model) if tabulate else p.model for p in self.potentials]
+        self.tabulated = tabulate is not False and tabulate is not None  #: evaluations use tabulated filters
+        spacing = DEFAULT_SPACING if tabulate is True else tabulate
+        self._eager_models = [
+            tabulate_filters(p.model, spacing) if self.tabulated else p.model for p in self.potentials
+        ]
         self._models = [_compiled(m) for m in self._eager_models] if compile else self._eager_models
         self._batch: AtomsBatch | None = None
         self._built_positions: np.ndarray | None = None  # (n_atoms, 3) Å at the last build

@@ -245,9 +245,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tabulate",
-        action="store_true",
-        help="tabulated filters of the distance: much faster steps for large systems, forces within float32 "
-        "round-off of the exact model; best with --compile",
+        nargs="?",
+        type=float,
+        const=True,  # the flag alone: the calculator's default spacing
+        default=None,
+        metavar="SPACING",
+        help="tabulated filters of the distance (grid SPACING in Å, default 0.005): much faster steps for "
+        "large systems, forces within float32 round-off of the exact model; best with --compile",
     )
     parser.add_argument("--no-progress", action="store_true")
 
@@ -269,7 +273,11 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise AtomNetError(f"{structure}: cannot read structure ({str(exc).strip()[:200]})") from None
     atoms.calc = None
-    kwargs = {"skin": args.skin, "compile": args.compile, "tabulate": args.tabulate}
+    kwargs = {
+        "skin": args.skin,
+        "compile": args.compile,
+        "tabulate": False if args.tabulate is None else args.tabulate,
+    }
     if args.energy_unit:
         kwargs["energy_unit"] = args.energy_unit
     calc = AtomNetCalculator.from_checkpoint(

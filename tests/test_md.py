@@ -147,8 +147,12 @@ def test_cli_md(tmp_path, capsys, shared_data):
     for name in ("md.extxyz", "md.log", "md.png"):
         assert (out / name).stat().st_size > 0
     assert read_log(out / "md.log").shape == (21, 5)
-    assert main(argv + ["--ensemble", "nve", "--tabulate", "--steps", "5"]) == 0  # tabulated filters
-    assert "steps/s" in capsys.readouterr().out and read_log(out / "md.log").shape == (6, 5)
+    for tabulate in (["--tabulate"], ["--tabulate", "0.01"]):  # tabulated filters, default and given grid
+        assert main([*argv, "--ensemble", "nve", *tabulate, "--steps", "5"]) == 0
+        assert "steps/s" in capsys.readouterr().out and read_log(out / "md.log").shape == (6, 5)
+    assert main([*argv, "--tabulate", "0", "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("atomnet md: error:") and "spacing must be > 0" in err and "\n" not in err
     assert main(["md", str(tmp_path / "missing.pt"), str(structure), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("atomnet md: error:") and "missing.pt" in err and "\n" not in err

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from atomnet.errors import AtomNetError
+from atomnet.errors import AtomNetError, ConfigError
 from atomnet.models.base import AtomisticModel
 from atomnet.nn.cfconv import FilterNetwork
 from atomnet.nn.tabulated import DEFAULT_SPACING, TabulatedFilter
@@ -30,7 +30,7 @@ def tabulate_filters(model: AtomisticModel, spacing: float = DEFAULT_SPACING) ->
         spacing: grid spacing h in Å (:mod:`atomnet.nn.tabulated` discusses the error).
     """
     if not spacing > 0 or spacing == float("inf"):  # also refuses NaN
-        raise ValueError(f"tabulation spacing must be > 0 Å and finite, got {spacing}")
+        raise ConfigError(f"tabulation spacing must be > 0 Å and finite, got {spacing}")
     names = model.distance_filters()
     if not names or not isinstance(getattr(model, "rbf", None), nn.Module):
         raise AtomNetError(f"{type(model).__name__} has no filters of the distance to tabulate")
