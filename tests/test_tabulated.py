@@ -10,10 +10,12 @@ import pytest
 import torch
 from ase.build import molecule
 from physics_checks import (
+    check_atomic_energies_sum,
     check_batch_equals_single,
     check_cutoff_smoothness,
     check_forces_finite_difference,
     check_invariance,
+    check_separability,
     check_stress_finite_difference,
     evaluate,
 )
@@ -120,7 +122,8 @@ def test_tabulated_model_predicts_like_the_exact_one(name):
 @pytest.mark.parametrize("name", ["schnet", "dtnn"])
 def test_tabulated_model_passes_the_physics_checks(name):
     """Forces = −∇E (the spline's slopes are the derivative of its values), invariances, batch = single,
-    stress, and smoothness at the cutoff (the cutoff function multiplies the table exactly)."""
+    stress, smoothness at the cutoff (the cutoff function multiplies the table exactly), per-atom energies
+    summing to the energy, additivity of far-apart molecules."""
     pot = Potential(tabulate_filters(make_potential(name).model))
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.05, seed=1)
@@ -129,6 +132,8 @@ def test_tabulated_model_passes_the_physics_checks(name):
     check_batch_equals_single(pot, [atoms, molecule("C6H6"), molecule("H2O")])
     check_stress_finite_difference(pot, water_box())
     check_cutoff_smoothness(pot)
+    check_atomic_energies_sum(pot, [atoms, molecule("NH3")])
+    check_separability(pot, atoms, molecule("H2O"))
 
 
 def test_models_without_distance_filters_and_bad_spacing_are_refused():
