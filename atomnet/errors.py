@@ -28,3 +28,7 @@ class ConfigError(AtomNetError, ValueError):
 
 class DownloadError(AtomNetError, OSError):
     """A download failed (offline, bad checksum)."""
+
+
+class ExplanationError(AtomNetError, ValueError):
+    """An explanation cannot be computed as asked (unknown method or parameter, unsupported module)."""

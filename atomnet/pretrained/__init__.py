@@ -48,7 +48,7 @@ def load_with_meta(path_or_name: str | os.PathLike) -> tuple[Potential, dict]:
 
     Files are read with ``torch.load(weights_only=True)``: a file holding pickled objects is refused.
     """
-    from atomnet.training.checkpoints import load_potential
+    from atomnet.loading import load_potential
 
     return load_potential(resolve(path_or_name))
 

@@ -52,7 +52,7 @@ def _unique_dir(base: Path) -> Path:
 def resume_config(ckpt: str | Path, overrides: list[str] | None = None) -> Config:
     """The config stored in a checkpoint, with ``overrides`` applied."""
     from atomnet.errors import AtomNetError
-    from atomnet.training.checkpoints import CHECKPOINT_KEY, read_safely
+    from atomnet.loading import CHECKPOINT_KEY, read_safely
 
     content = read_safely(ckpt)
     info = content.get(CHECKPOINT_KEY)
@@ -183,7 +183,7 @@ def finish(cfg: Config, dm, best: str, run_dir: Path, train_s: float) -> dict:
     """Evaluate the best checkpoint on the test split (validation split if the test split is empty),
     write metrics and plots, and export it as an atomnet model file ``model.pt`` with metadata."""
     from atomnet.models import save_model
-    from atomnet.training.checkpoints import load_potential
+    from atomnet.loading import load_potential
     from atomnet.training.evaluate import evaluate
 
     potential, meta = load_potential(best)

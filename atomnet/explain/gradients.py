@@ -1,0 +1,168 @@
+"""Gradient baselines on the element embedding x_i⁰ (and on positions): the methods LRP is compared with.
+
+- ``gradient``: ‖∂E/∂x_i⁰‖₂, the sensitivity of the energy to atom i's embedding (Simonyan et al. 2014).
+- ``force-norm``: ‖∂E/∂R_i‖₂ = ‖F_i‖, eV/Å, from the same :func:`~atomnet.potential.energy_and_forces` path.
+- ``gradient-x-input``: Σ_f x⁰_if ∂E/∂x⁰_if (Shrikumar et al. 2016). Not conserving.
+- ``integrated-gradients`` (Sundararajan et al., ICML 2017): IG_i = Σ_f x⁰_if ∫₀¹ ∂E/∂x⁰_if(α x⁰) dα with the
+  baseline x⁰ = 0 (every atom's embedding zero; the geometry and so the filters are kept). Completeness:
+  Σ_i IG_i = E(x⁰) − E(0), so ``unexplained`` = E(0), the baseline energy, up to the quadrature error. The
+  integral uses ``steps`` Gauss–Legendre nodes (``quadrature=gauss-legendre``, error falls faster than any
+  power of 1/steps for these smooth networks) or the midpoint Riemann sum of the paper (``riemann``). All
+  steps run as one batch (the molecules repeated ``steps`` times).
+- ``smoothgrad`` (Smilkov et al. 2017): the average of ``base`` (gradient-x-input, gradient or force-norm)
+  over ``samples`` copies with Gaussian noise of σ Å on every position (seeded; the pair list of the
+  unperturbed structure is kept: filters vanish smoothly at the cutoff).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from atomnet import keys
+from atomnet.data.batch import AtomsBatch
+from atomnet.explain.methods import Attribution, Method, register, require
+from atomnet.explain.propagation import embedding_leaf
+from atomnet.potential import energy_and_forces
+
+
+def embedding_gradient(model, batch: AtomsBatch, scale=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(energy (n_molecules,), x⁰ (n_atoms, F), ∂E/∂x⁰ (n_atoms, F)); with ``scale`` (a number or an
+    (n_atoms, 1) tensor) the model sees scale·x⁰ and the gradient is taken there."""
+    with torch.enable_grad(), embedding_leaf(model, batch, scale=scale) as state:
+        energy = model(batch)[keys.ENERGY]
+        (grad,) = torch.autograd.grad(energy.sum(), state.leaves[0])
+    x0 = state.leaves[0].detach()
+    return energy.detach(), x0, grad
+
+
+def repeat_batch(batch: AtomsBatch, k: int) -> AtomsBatch:
+    """``k`` copies of a batch in one batch, copy after copy; a mirrored layout stays mirrored (all first
+    halves of the pair lists, then all second halves)."""
+    n, m, p = batch.numbers.shape[0], batch.n_molecules, batch.pair_i.shape[0]
+    offsets = (torch.arange(k) * n).repeat_interleave(p)
+    order = torch.arange(k * p)
+    if batch.mirrored:
+        h = p // 2
+        starts = torch.arange(k)[:, None] * p
+        order = torch.cat([(starts + torch.arange(h)).flatten(), (starts + h + torch.arange(h)).flatten()])
+
+    def rep(t, dims=1):
+        return None if t is None else t.repeat(k, *([1] * (dims - 1)))
+
+    shifts = rep(batch.cell_shifts, 2)
+    return replace(
+        batch,
+        numbers=rep(batch.numbers),
+        positions=rep(batch.positions, 2),
+        molecule=batch.molecule.repeat(k) + (torch.arange(k) * m).repeat_interleave(n),
+        n_atoms=rep(batch.n_atoms),
+        pair_i=(batch.pair_i.repeat(k) + offsets)[order],
+        pair_j=(batch.pair_j.repeat(k) + offsets)[order],
+        cell=rep(batch.cell, 3),
+        pbc=rep(batch.pbc, 2),
+        cell_shifts=None if shifts is None else shifts[order],
+        targets={},
+    )
+
+
+def quadrature(kind: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes α_k and weights w_k on [0, 1] with Σ_k w_k f(α_k) ≈ ∫₀¹ f(α) dα."""
+    if kind == "gauss-legendre":
+        u, w = np.polynomial.legendre.leggauss(steps)
+        return (u + 1.0) / 2.0, w / 2.0
+    return (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
+
+
+@register
+class Gradient(Method):
+    name = "gradient"
+    units = "eV per embedding unit"
+    conserving = False
+    defaults: dict = {}
+
+    def attribute(self, model, batch, params):
+        energy, _, grad = embedding_gradient(model, batch)
+        return Attribution(energy, torch.linalg.vector_norm(grad, dim=1), None)
+
+
+@register
+class ForceNorm(Method):
+    name = "force-norm"
+    units = "eV/Å"
+    conserving = False
+    defaults: dict = {}
+
+    def attribute(self, model, batch, params):
+        out = energy_and_forces(model, batch, forces=True)
+        return Attribution(out[keys.ENERGY], torch.linalg.vector_norm(out[keys.FORCES], dim=1), None)
+
+
+@register
+class GradientXInput(Method):
+    name = "gradient-x-input"
+    conserving = False
+    defaults: dict = {}
+
+    def attribute(self, model, batch, params):
+        energy, x0, grad = embedding_gradient(model, batch)
+        return Attribution(energy, (x0 * grad).sum(dim=1), None)
+
+
+@register
+class IntegratedGradients(Method):
+    name = "integrated-gradients"
+    defaults = {"steps": 16, "quadrature": "gauss-legendre"}
+
+    def check(self, params):
+        require(params["steps"] >= 1, self.name, f"steps must be >= 1, got {params['steps']}")
+        kinds = ("gauss-legendre", "riemann")
+        require(params["quadrature"] in kinds, self.name, f"quadrature must be one of {kinds}")
+
+    def attribute(self, model, batch, params):
+        nodes, weights = quadrature(params["quadrature"], params["steps"])
+        alphas = np.concatenate([[1.0, 0.0], nodes])  # the input itself, the baseline, the nodes
+        k, n = len(alphas), batch.numbers.shape[0]
+        big = repeat_batch(batch, k)
+        scale = torch.as_tensor(alphas, dtype=batch.positions.dtype).repeat_interleave(n)[:, None]
+        energy, x, grad = embedding_gradient(model, big, scale=scale)
+        energy = energy.view(k, batch.n_molecules)
+        w = torch.as_tensor(weights, dtype=grad.dtype)
+        mean_grad = (grad.view(k, n, -1)[2:] * w[:, None, None]).sum(0)
+        relevance = (x.view(k, n, -1)[0] * mean_grad).sum(dim=1)
+        return Attribution(energy[0], relevance, energy[1])
+
+
+@register
+class SmoothGrad(Method):
+    name = "smoothgrad"
+    defaults = {"sigma": 0.05, "samples": 16, "seed": 0, "base": "gradient-x-input"}
+    conserving = False
+
+    def check(self, params):
+        require(params["sigma"] >= 0, self.name, f"sigma must be >= 0 Å, got {params['sigma']}")
+        require(params["samples"] >= 1, self.name, f"samples must be >= 1, got {params['samples']}")
+        bases = ("gradient-x-input", "gradient", "force-norm")
+        require(params["base"] in bases, self.name, f"base must be one of {bases}")
+
+    def attribute(self, model, batch, params):
+        from atomnet.explain.methods import METHODS
+
+        base = METHODS[params["base"]]
+        gen = torch.Generator().manual_seed(int(params["seed"]))
+        total = None
+        for _ in range(params["samples"]):
+            noise = torch.randn(batch.positions.shape, generator=gen, dtype=torch.float64)
+            noisy = replace(batch, positions=batch.positions + params["sigma"] * noise.to(batch.positions))
+            r = base.attribute(model, noisy, {}).relevance
+            total = r if total is None else total + r
+        with torch.no_grad():
+            energy = model(batch)[keys.ENERGY]
+        return Attribution(energy, total / params["samples"], None)
+
+    def units_for(self, params: dict) -> str:
+        from atomnet.explain.methods import METHODS
+
+        return METHODS[params["base"]].units

@@ -1,0 +1,223 @@
+"""Layer-wise relevance propagation rules, one class per rule, attached to modules by type.
+
+A rule maps the relevance of a module's output, R_out, to the relevance of its inputs, given the inputs and
+the output of the forward pass. Every map here is *linear in R_out* once the forward pass is fixed (the
+property higher-order explanations build on). Notation for a dense layer z_k = Σ_j x_j w_jk + b_k:
+contributions c_jk = x_j w_jk; c⁺ = (x w)⁺ = x⁺w⁺ + x⁻w⁻ and c⁻ = x⁺w⁻ + x⁻w⁺ (inputs of either sign:
+shifted-softplus and tanh outputs can be negative); z⁺ = Σ_j c⁺_jk + b⁺_k, z⁻ = Σ_j c⁻_jk + b⁻_k.
+
+References: Bach et al., PLoS ONE 10, e0130140 (2015) (LRP-0, ε, αβ); Montavon et al., Pattern Recognition
+65, 211 (2017) (deep Taylor, z⁺); Montavon et al., "Layer-wise relevance propagation: an overview" (2019)
+(γ); Montavon, Samek, Müller, Digital Signal Processing 73, 1 (2018) (methods for interpreting DNNs).
+
+Conservation (Σ_j R_j versus Σ_k R_k of one layer) is stated per rule; the relevance a layer does not pass on
+(biases, stabilisers) is *absorbed* and booked per module by :mod:`atomnet.explain.propagation`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Relevances = tuple[torch.Tensor | None, ...]
+
+
+def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, and 0 where den == 0 (a neuron with zero output passes no relevance on)."""
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+
+
+def _pos(t: torch.Tensor) -> torch.Tensor:
+    return t.clamp(min=0)
+
+
+def _neg(t: torch.Tensor) -> torch.Tensor:
+    return t.clamp(max=0)
+
+
+class Rule:
+    """Base class. ``relevance(module, inputs, output, R_out)`` returns one relevance per input (``None``
+    for inputs that carry none); shapes equal the inputs'."""
+
+    name = "rule"
+
+    def relevance(self, module, inputs: tuple, output: torch.Tensor, r_out: torch.Tensor) -> Relevances:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+# --- dense layers --------------------------------------------------------------------------------------
+
+
+class Epsilon(Rule):
+    """LRP-ε (Bach et al. 2015): R_j = Σ_k c_jk / (z_k + ε sign(z_k)) · R_k; ε = 0 is LRP-0.
+
+    Conservation: Σ_j R_j = Σ_k (z_k − b_k) / (z_k + ε sign z_k) · R_k, so the bias share b_k R_k / z_k (and
+    for ε > 0 the share ε / (z_k ± ε)) is absorbed. With ε = 0 and no bias: exact.
+    """
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 0.0):
+        self.epsilon = float(epsilon)
+
+    def relevance(self, module, inputs, output, r_out):
+        (x,) = inputs
+        z = output
+        if self.epsilon:
+            z = z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+        return (x * (safe_divide(r_out, z) @ module.weight),)
+
+
+class Gamma(Rule):
+    """Generalised LRP-γ for inputs of either sign: contributions of the output's sign are favoured,
+
+        z_k ≥ 0:  R_j = Σ_k (c_jk + γ c⁺_jk) / (z_k + γ z⁺_k) · R_k
+        z_k < 0:  R_j = Σ_k (c_jk + γ c⁻_jk) / (z_k + γ z⁻_k) · R_k
+
+    (Montavon et al. 2019; for x ≥ 0 and z ≥ 0 this is the usual w + γw⁺ rule). γ = 0 is LRP-0; the
+    denominator has the sign of z_k, so it never vanishes unless z_k does. Conservation: the bias part
+    (b_k + γ b_k^±) / (z_k + γ z_k^±) of R_k is absorbed; exact without biases.
+    """
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25):
+        self.gamma = float(gamma)
+
+    def relevance(self, module, inputs, output, r_out):
+        (x,) = inputs
+        w, b, g = module.weight, module.bias, self.gamma
+        xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
+        z_plus = xp @ wp.T + xn @ wn.T
+        z_minus = xp @ wn.T + xn @ wp.T
+        if b is not None:
+            z_plus, z_minus = z_plus + _pos(b), z_minus + _neg(b)
+        positive = output >= 0
+        den = output + g * torch.where(positive, z_plus, z_minus)
+        s = safe_divide(r_out, den)
+        s_pos, s_neg = torch.where(positive, s, 0.0), torch.where(positive, 0.0, s)
+        return (x * (s @ w) + g * (xp * (s_pos @ wp + s_neg @ wn) + xn * (s_pos @ wn + s_neg @ wp)),)
+
+
+class AlphaBeta(Rule):
+    """LRP-αβ (Bach et al. 2015), α − β = 1: R_j = Σ_k (α c⁺_jk / z⁺_k − β c⁻_jk / z⁻_k) · R_k.
+
+    Conservation: Σ_j R_j = Σ_k (α (z⁺_k − b⁺_k)/z⁺_k − β (z⁻_k − b⁻_k)/z⁻_k) R_k: exact without biases
+    (and where both z⁺_k, z⁻_k ≠ 0), otherwise the bias shares are absorbed.
+    """
+
+    name = "alphabeta"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0):
+        if abs(alpha - beta - 1.0) > 1e-9:
+            raise ValueError(f"alpha - beta must be 1, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def relevance(self, module, inputs, output, r_out):
+        (x,) = inputs
+        w, b = module.weight, module.bias
+        xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
+        z_plus = xp @ wp.T + xn @ wn.T
+        z_minus = xp @ wn.T + xn @ wp.T
+        if b is not None:
+            z_plus, z_minus = z_plus + _pos(b), z_minus + _neg(b)
+        sp = self.alpha * safe_divide(r_out, z_plus)
+        sn = self.beta * safe_divide(r_out, z_minus)
+        return (xp * (sp @ wp - sn @ wn) + xn * (sp @ wn - sn @ wp),)
+
+
+class ZPlus(Rule):
+    """Deep-Taylor z⁺ rule (Montavon et al. 2017, Pattern Recognition): R_j = Σ_k c⁺_jk / Σ_j c⁺_jk · R_k,
+    biases ignored. For inputs of either sign c⁺ = (x w)⁺ (for x ≥ 0 this is x_j w⁺_jk, the paper's rule).
+
+    Conservation: exact for every neuron with Σ_j c⁺_jk > 0; a neuron without positive contribution passes
+    nothing on (absorbed).
+    """
+
+    name = "zplus"
+
+    def relevance(self, module, inputs, output, r_out):
+        (x,) = inputs
+        w = module.weight
+        xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
+        s = safe_divide(r_out, xp @ wp.T + xn @ wn.T)
+        return (xp * (s @ wp) + xn * (s @ wn),)
+
+
+# --- the named operations of atomnet.nn.ops and the output ------------------------------------------
+
+
+class Pass(Rule):
+    """Element-wise activation y = σ(x): R_x = R_y (relevance is passed on unchanged; conserving)."""
+
+    name = "pass"
+
+    def relevance(self, module, inputs, output, r_out):
+        return (r_out,) + (None,) * (len(inputs) - 1)
+
+
+class Gather(Rule):
+    """x_j copied to every pair (i, j): R_{x_j} = Σ_{pairs with neighbour j} R_pair (conserving)."""
+
+    name = "gather"
+
+    def relevance(self, module, inputs, output, r_out):
+        x, pair_j = inputs
+        return (torch.zeros_like(x).index_add(0, pair_j, r_out), None)
+
+
+class ConstantFilter(Rule):
+    """m_ij = x_j ∘ W(r_ij) with the filter W as a constant weight: R_x = R_m (conserving); the filter gets
+    no relevance. Mirrored batches (one filter per unordered pair) need nothing special."""
+
+    name = "constant-filter"
+
+    def relevance(self, module, inputs, output, r_out):
+        features, filters = inputs
+        if filters.requires_grad:
+            raise ValueError(
+                "FilterProduct: relevance reached both the features and the filter; LRP treats the filter "
+                "W(r_ij) as a constant weight (are positions requiring gradients?)"
+            )
+        return (r_out, None)
+
+
+class Proportional(Rule):
+    """z-rule of a sum: each summand gets relevance in proportion to its value, R_a = a / z · R_z.
+
+    Used for the neighbour sum (NeighborSum: z_i = Σ_j m_ij), the residual addition (ResidualAdd: x + v)
+    and the atom → molecule sum (AtomToMolecule, also its mean: the 1/N cancels). Conserving wherever z ≠ 0.
+    """
+
+    name = "proportional"
+
+    def relevance(self, module, inputs, output, r_out):
+        from atomnet.nn.ops import AtomToMolecule, NeighborSum, ResidualAdd
+
+        if isinstance(module, ResidualAdd):
+            s = safe_divide(r_out, output)
+            return tuple(a * s if a.requires_grad else None for a in inputs)
+        if isinstance(module, NeighborSum):
+            messages, pair_i, _ = inputs
+            return (messages * safe_divide(r_out, output)[pair_i], None, None)
+        if isinstance(module, AtomToMolecule):
+            values, molecule, n_molecules = inputs
+            total = values.new_zeros(n_molecules).index_add(0, molecule, values)
+            return (values * safe_divide(r_out, total)[molecule], None, None)
+        raise TypeError(f"Proportional rule: unsupported module {type(module).__name__}")
+
+
+class Reference(Rule):
+    """Standardize, E_i = y_i·std + (mean + atomref[Z_i]): R_y = y_i·std / E_i · R_i; the constant part
+    (mean + atomref[Z_i]) / E_i · R_i is absorbed as the atom's *reference* (with R_i = E_i: exactly
+    mean + atomref[Z_i])."""
+
+    name = "reference"
+
+    def relevance(self, module, inputs, output, r_out):
+        y, numbers = inputs
+        return ((y * module.std) * safe_divide(r_out, output), None)
