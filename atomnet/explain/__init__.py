@@ -11,7 +11,14 @@ from outside by module type (:mod:`atomnet.explain.propagation`); the model stay
 This package stands on :mod:`atomnet.potential`, :mod:`atomnet.models` and :mod:`atomnet.nn` only.
 """
 
-from atomnet.explain.analyzer import Analyzer, analyze_many, create_analyzer, explain, list_methods, method_info
+from atomnet.explain.analyzer import (
+    Analyzer,
+    analyze_many,
+    create_analyzer,
+    explain,
+    list_methods,
+    method_info,
+)
 from atomnet.explain.explanation import Explanation
 
 __all__ = [

@@ -182,8 +182,8 @@ def _quiet_lightning() -> None:
 def finish(cfg: Config, dm, best: str, run_dir: Path, train_s: float) -> dict:
     """Evaluate the best checkpoint on the test split (validation split if the test split is empty),
     write metrics and plots, and export it as an atomnet model file ``model.pt`` with metadata."""
-    from atomnet.models import save_model
     from atomnet.loading import load_potential
+    from atomnet.models import save_model
     from atomnet.training.evaluate import evaluate
 
     potential, meta = load_potential(best)
