@@ -28,7 +28,9 @@ from atomnet.explain.propagation import embedding_leaf
 from atomnet.potential import energy_and_forces
 
 
-def embedding_gradient(model, batch: AtomsBatch, scale=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def embedding_gradient(
+    model, batch: AtomsBatch, scale=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(energy (n_molecules,), x⁰ (n_atoms, F), ∂E/∂x⁰ (n_atoms, F)); with ``scale`` (a number or an
     (n_atoms, 1) tensor) the model sees scale·x⁰ and the gradient is taken there."""
     with torch.enable_grad(), embedding_leaf(model, batch, scale=scale) as state:

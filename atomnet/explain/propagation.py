@@ -75,7 +75,11 @@ class Propagation:
         rows = getattr(t, ROWS, None)
         n = t.shape[0]
         if rows is None:  # untagged (after an inline op such as squeeze): by row count, atoms first
-            counts = (("atoms", b.numbers.shape[0]), ("pairs", b.pair_i.shape[0]), ("molecules", b.n_molecules))
+            counts = (
+                ("atoms", b.numbers.shape[0]),
+                ("pairs", b.pair_i.shape[0]),
+                ("molecules", b.n_molecules),
+            )
             rows = next((kind for kind, count in counts if count == n), None)
         if rows == "atoms" and n == b.numbers.shape[0]:
             return b.molecule

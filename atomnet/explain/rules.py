@@ -68,7 +68,7 @@ class Epsilon(Rule):
         (x,) = inputs
         z = output
         if self.epsilon:
-            z = z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+            z = z + self.epsilon * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
         return (x * (safe_divide(r_out, z) @ module.weight),)
 
 
