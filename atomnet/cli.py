@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("atomnet.training.evaluate", "evaluate a checkpoint on a dataset: metrics + parity plot"),
     "md": ("atomnet.md", "run molecular dynamics with a trained model through ASE"),
     "krr": ("atomnet.baselines.commands", "Coulomb-matrix kernel ridge regression baseline"),
+    "explain": ("atomnet.explain.commands", "explain predicted energies atom by atom (LRP, gradients, ...)"),
 }
 
 

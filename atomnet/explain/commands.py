@@ -1,0 +1,177 @@
+"""``atomnet explain MODEL STRUCTURES --method NAME``: atom relevance as JSON and pictures.
+
+    atomnet explain schnet-md17-ethanol ethanol.xyz --method lrp-gamma --param gamma=0.5 \\
+        --json ethanol.json --png ethanol.png
+    atomnet explain schnet-qm9-u0 qm9.tar.bz2 --index 0:8 --compare lrp-gamma,integrated-gradients,gradient \\
+        --png compare.png
+
+STRUCTURES is any file the data readers take (xyz/extxyz and other ASE formats, the QM9 tarball, MD17 npz,
+QM7) or an atomnet HDF5 store. ``--index`` picks molecules (``3``, ``0,5,9``, ``10:20``; default all).
+The JSON holds one record per molecule with the :class:`~atomnet.explain.explanation.Explanation` fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from atomnet.errors import ExplanationError
+from atomnet.files import atomic_output
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="pretrained model name, atomnet model file or training checkpoint")
+    parser.add_argument("structures", help="structure file (xyz/extxyz, QM9 tarball, MD17 npz, .h5 store)")
+    parser.add_argument("--method", default="lrp-gamma", help="explanation method (--list-methods)")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="K=V", help="method parameter, e.g. gamma=0.5"
+    )
+    parser.add_argument("--compare", default=None, metavar="M1,M2,...", help="several methods side by side")
+    parser.add_argument("--index", default=None, help="molecules to explain: 3 | 0,5,9 | 10:20 (default all)")
+    parser.add_argument("--format", default=None, help="reader of the structure file (default: guessed)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="read only the first N structures of the file"
+    )
+    parser.add_argument("--json", default=None, metavar="OUT.json", help="write the explanations here")
+    parser.add_argument(
+        "--png", default=None, metavar="OUT.png", help="draw the molecules coloured by relevance"
+    )
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--list-methods", action="store_true", help="print the methods and their parameters")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    """``["gamma=0.5", "steps=32"]`` → ``{"gamma": "0.5", "steps": "32"}`` (types checked by the method)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ExplanationError(f"--param {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_index(text: str | None, n: int, source: str) -> list[int]:
+    """Molecule indices from ``3``, ``0,5,9``, ``10:20`` or ``-1`` (Python slices, negatives allowed)."""
+    if text is None:
+        return list(range(n))
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                a, b = part.split(":", 1)
+                out.extend(range(n)[slice(int(a) if a else None, int(b) if b else None)])
+            else:
+                k = int(part)
+                if not -n <= k < n:
+                    raise IndexError
+                out.append(k % n)
+        except (ValueError, IndexError):
+            raise ExplanationError(
+                f"--index {text!r}: {part!r} is not a molecule of {source} (0..{n - 1})"
+            ) from None
+    if not out:
+        raise ExplanationError(f"--index {text!r} selects no molecule of {source} ({n} molecules)")
+    return out
+
+
+def read_structures(
+    path: str, fmt: str | None = None, progress: bool = True, limit: int | None = None
+) -> list:
+    """Every structure of ``path`` as ``ase.Atoms`` (Å), from an HDF5 store or any raw format."""
+    from ase import Atoms
+
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file")
+    if source.suffix in (".h5", ".hdf5") and fmt is None:
+        from atomnet.data.store import Store
+
+        with Store(source) as store:
+            structures = []
+            for i in range(store.n_molecules if limit is None else min(limit, store.n_molecules)):
+                numbers, positions = store.molecule(i)
+                structures.append(Atoms(numbers=numbers, positions=positions))
+    else:
+        from atomnet.data.ase_io import table_to_atoms
+        from atomnet.data.commands import read_source
+
+        structures = table_to_atoms(read_source(str(source), fmt, limit=limit, progress=progress))
+    if not structures:
+        raise ExplanationError(f"{source}: no structures in the file")
+    for atoms in structures:
+        atoms.calc = None
+    return structures
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from atomnet.explain.analyzer import analyze_many, create_analyzer, list_methods, method_info
+
+    if args.list_methods:
+        for name in list_methods():
+            info = method_info(name)
+            params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "-"
+            kind = "conserving" if info["conserving"] else "not conserving"
+            print(f"{name:22s} [{info['units']}; {kind}] params: {params}")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise ExplanationError(f"--batch-size must be >= 1, got {args.batch_size}")
+    methods = [m.strip() for m in args.compare.split(",")] if args.compare else [args.method]
+    params = parse_params(args.param)
+    dtype = getattr(torch, args.dtype)
+    # analyzers first: a bad method or parameter fails before any data is read
+    analyzers = [
+        create_analyzer(m, args.model, dtype=dtype, **(params if not args.compare else {})) for m in methods
+    ]
+    structures = read_structures(args.structures, args.format, not args.no_progress, args.limit)
+    indices = parse_index(args.index, len(structures), args.structures)
+    chosen = [structures[i] for i in indices]
+    results = {
+        a.method.name: analyze_many(a, chosen, args.batch_size, progress=not args.no_progress)
+        for a in analyzers
+    }
+    written = []
+    if args.json:
+        records = [
+            {"index": idx, **{m: results[m][k].to_dict() for m in results}}
+            if args.compare
+            else {"index": idx, **results[methods[0]][k].to_dict()}
+            for k, idx in enumerate(indices)
+        ]
+        with atomic_output(args.json, ".json") as tmp:
+            tmp.write_text(
+                json.dumps(
+                    {"model": str(args.model), "structures": args.structures, "molecules": records}, indent=1
+                )
+            )
+        written.append(args.json)
+    if args.png:
+        from atomnet.explain.plots import plot_comparison, plot_explanations
+
+        if args.compare:
+            rows = [[results[m][k] for m in results] for k in range(min(len(indices), 8))]
+            plot_comparison(rows, args.png, indices[: len(rows)])
+        else:
+            plot_explanations(results[methods[0]], args.png, indices)
+        written.append(args.png)
+    first = results[methods[0]]
+    for k in range(min(3, len(first))):
+        e = first[k]
+        tail = f", unexplained {e.unexplained:.4f} eV" if e.unexplained is not None else ""
+        print(
+            f"molecule {indices[k]}: E = {e.energy:.4f} eV, Σ relevance = {e.relevance.sum():.4f} {e.units}{tail}"
+        )
+    if len(first) > 3:
+        print(f"... {len(first)} molecules explained with {', '.join(results)}")
+    if written:
+        print(f"wrote {', '.join(written)}")
+    return 0

@@ -1,0 +1,127 @@
+"""Pictures of explanations: molecules drawn with ASE's matplotlib renderer (``ase.visualize.plot``), atoms
+coloured by relevance on a diverging scale centred at zero, a colour bar in the relevance's unit and the
+predicted energy in the title. matplotlib is imported here only (STYLE principle 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from atomnet.explain.explanation import Explanation
+from atomnet.files import save_figure
+
+CMAP = "RdBu_r"  #: negative relevance blue, positive red, zero white
+
+
+def principal_axes(positions: np.ndarray) -> np.ndarray:
+    """Positions rotated so the molecule's largest extents lie in the drawing plane (x, y), Å."""
+    centred = positions - positions.mean(0)
+    if len(positions) < 2:
+        return centred
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    rot = vt if vt.shape[0] == 3 else np.eye(3)
+    if np.linalg.det(rot) < 0:
+        rot[2] = -rot[2]
+    return centred @ rot.T
+
+
+def symmetric_norm(values: np.ndarray):
+    """A colour normalisation centred at zero: [−m, m] with m = max |value| (or 1e-12 if all vanish)."""
+    from matplotlib.colors import Normalize
+
+    m = float(np.nanmax(np.abs(values))) if np.size(values) else 0.0
+    m = m if m > 0 else 1e-12
+    return Normalize(-m, m)
+
+
+def draw_molecule(ax, numbers, positions, values, norm, labels: bool = True, cmap: str = CMAP):
+    """Draw one molecule on ``ax`` with atoms coloured by ``values``; returns the 2D image positions of the
+    atoms (for overlays such as arrows), in the axes' data coordinates."""
+    import matplotlib.pyplot as plt
+    from ase import Atoms
+    from ase.data import chemical_symbols, covalent_radii
+    from ase.visualize.plot import Matplotlib
+
+    atoms = Atoms(numbers=numbers, positions=principal_axes(np.asarray(positions, dtype=float)))
+    colours = plt.get_cmap(cmap)(norm(np.asarray(values, dtype=float)))[:, :3]
+    writer = Matplotlib(atoms, ax, radii=0.45, colors=[tuple(c) for c in colours], show_unit_cell=0)
+    writer.write()
+    xy = writer.positions[: len(atoms), :2]
+    # bonds from covalent radii (drawn under the atoms)
+    radii = covalent_radii[atoms.numbers]
+    d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
+    for i, j in zip(*np.nonzero(np.triu(d < 1.2 * (radii[:, None] + radii[None]), k=1)), strict=True):
+        ax.plot(*xy[[i, j]].T, color="0.35", lw=2.0, zorder=0.5)
+    if labels:
+        for k, (x, y) in enumerate(xy):
+            ax.text(x, y, f"{chemical_symbols[atoms.numbers[k]]}{k}", ha="center", va="center", fontsize=6)
+    ax.set_axis_off()
+    return xy
+
+
+def _colorbar(fig, ax, norm, label: str):
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=plt.get_cmap(CMAP)), ax=ax, shrink=0.7, label=label)
+
+
+def _title(e: Explanation, index: int | None = None) -> str:
+    from ase import Atoms
+
+    head = f"#{index} " if index is not None else ""
+    formula = Atoms(numbers=e.numbers).get_chemical_formula()
+    return f"{head}{formula}  E = {e.energy:.3f} eV\n{e.method}"
+
+
+def plot_explanations(
+    explanations: Sequence[Explanation],
+    path: str | os.PathLike,
+    indices: Sequence[int] | None = None,
+    columns: int = 4,
+    max_panels: int = 24,
+) -> Path:
+    """One panel per molecule (the first ``max_panels``), each with its own zero-centred colour bar."""
+    import matplotlib.pyplot as plt
+
+    shown = list(explanations)[:max_panels]
+    if not shown:
+        raise ValueError("no explanations to draw")
+    indices = list(indices) if indices is not None else list(range(len(shown)))
+    cols = min(columns, len(shown))
+    rows = int(np.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.set_axis_off()
+    for k, (ax, e) in enumerate(zip(axes.flat, shown, strict=False)):
+        norm = symmetric_norm(e.relevance)
+        draw_molecule(ax, e.numbers, e.positions, e.relevance, norm)
+        ax.set_title(_title(e, indices[k]), fontsize=9)
+        _colorbar(fig, ax, norm, f"relevance ({e.units})")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_comparison(
+    rows: Sequence[Sequence[Explanation]], path: str | os.PathLike, indices: Sequence[int] | None = None
+) -> Path:
+    """The same molecules under several methods: one row per molecule, one column per method."""
+    import matplotlib.pyplot as plt
+
+    rows = [list(r) for r in rows]
+    n_rows, n_cols = len(rows), len(rows[0])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.8 * n_rows), squeeze=False)
+    indices = list(indices) if indices is not None else list(range(n_rows))
+    for r, row in enumerate(rows):
+        for c, e in enumerate(row):
+            ax = axes[r, c]
+            norm = symmetric_norm(e.relevance)
+            draw_molecule(ax, e.numbers, e.positions, e.relevance, norm)
+            ax.set_title(_title(e, indices[r]), fontsize=9)
+            _colorbar(fig, ax, norm, f"relevance ({e.units})")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,104 @@
+"""``atomnet explain``: JSON and pictures from real files; bad input as one line, exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.io import write
+
+from atomnet.cli import main
+from atomnet.explain import create_analyzer
+from atomnet.models import build_model, save_model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("schnet", n_atom_basis=16, n_filters=16, n_interactions=2, n_rbf=10, cutoff=4.0)
+    model.set_statistics(-1.0, 0.5)
+    return str(save_model(model, tmp_path_factory.mktemp("m") / "model.pt"))
+
+
+@pytest.fixture(scope="module")
+def xyz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("s") / "mols.xyz"
+    write(path, [molecule("CH3CH2OH"), molecule("C6H6"), molecule("H2O")])
+    return str(path)
+
+
+def test_json_and_png(model_file, xyz, tmp_path, capsys):
+    out_json, out_png = tmp_path / "e.json", tmp_path / "e.png"
+    rc = main(["explain", model_file, xyz, "--method", "lrp-epsilon", "--param", "epsilon=0.1",
+               "--json", str(out_json), "--png", str(out_png), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    records = json.loads(out_json.read_text())["molecules"]
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert [len(r["relevance"]) for r in records] == [9, 12, 3]
+    # the same numbers as the Python interface
+    [e] = create_analyzer("lrp-epsilon", model_file, dtype=torch.float64, epsilon=0.1).analyze(
+        molecule("C6H6")
+    )
+    np.testing.assert_allclose(records[1]["relevance"], e.relevance, rtol=1e-9)
+    assert records[1]["params"] == {"epsilon": 0.1} and records[1]["units"] == "eV"
+    assert out_png.stat().st_size > 10_000 and out_png.read_bytes()[:4] == b"\x89PNG"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_compare_and_index(model_file, xyz, tmp_path):
+    out_json, out_png = tmp_path / "c.json", tmp_path / "c.png"
+    rc = main(["explain", model_file, xyz, "--compare", "lrp-gamma,contributions,gradient", "--index", "1:3",
+               "--json", str(out_json), "--png", str(out_png), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    records = json.loads(out_json.read_text())["molecules"]
+    assert [r["index"] for r in records] == [1, 2]
+    assert set(records[0]) == {"index", "lrp-gamma", "contributions", "gradient"}
+    assert out_png.is_file()
+
+
+def test_real_data_files(model_file, shared_data, tmp_path):
+    """The QM9 tarball and the MD17 npz go through the same readers as training."""
+    qm9 = shared_data / "qm9" / "qm9_subset.tar.bz2"
+    out = tmp_path / "q.json"
+    assert main(["explain", model_file, str(qm9), "--limit", "5", "--index", "-1", "--method", "lrp-0",
+                 "--json", str(out), "--no-progress"]) == 0  # fmt: skip
+    [rec] = json.loads(out.read_text())["molecules"]
+    assert rec["index"] == 4
+    assert abs(sum(rec["relevance"]) + rec["unexplained"] - rec["energy"]) < 1e-9 * abs(rec["energy"])
+    npz = shared_data / "md17" / "ethanol_ccsd_t-train.npz"
+    assert main(["explain", model_file, str(npz), "--limit", "2", "--method", "contributions",
+                 "--json", str(out), "--no-progress"]) == 0  # fmt: skip
+    assert len(json.loads(out.read_text())["molecules"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "lrp-magic"], "unknown explanation method 'lrp-magic'"),
+        (["--method", "lrp-gamma", "--param", "gamma"], "expected KEY=VALUE"),
+        (["--method", "lrp-gamma", "--param", "gamma=-2"], "gamma must be >= 0"),
+        (["--index", "7"], "is not a molecule of"),
+    ],
+)
+def test_bad_arguments(model_file, xyz, extra, message, capsys):
+    assert main(["explain", model_file, xyz, "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_bad_files(model_file, tmp_path, capsys):
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    assert main(["explain", model_file, str(empty), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "empty.xyz" in err and len(err.splitlines()) == 1, err
+    assert main(["explain", model_file, str(tmp_path / "missing.xyz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    nan = tmp_path / "nan.xyz"
+    nan.write_text("2\n\nH 0 0 0\nH nan 0 0\n")
+    assert main(["explain", model_file, str(nan), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
