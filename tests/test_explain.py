@@ -430,3 +430,15 @@ def test_shipped_model_explains_and_conserves():
     for method in ("lrp-gamma", "lrp-composite", "contributions"):
         [e] = create_analyzer(method, "schnet-md17-ethanol", dtype=torch.float64).analyze(atoms)
         np.testing.assert_allclose(e.relevance.sum() + e.unexplained, e.energy, rtol=1e-10)
+
+
+def test_rules_follow_weights_changed_in_place(pot):
+    """The cached W⁺/W⁻ splits of the γ/αβ/z⁺ rules are recomputed when a weight changes in place."""
+    atoms = molecule("CH3CH2OH")
+    before = relevance(pot, atoms, "lrp-gamma")[0]
+    with torch.no_grad():
+        pot.model.output[0].weight.mul_(-0.5)
+    after = relevance(pot, atoms, "lrp-gamma")[0]
+    fresh = create_analyzer("lrp-gamma", __import__("copy").deepcopy(pot)).analyze(atoms)[0].relevance
+    np.testing.assert_allclose(after, fresh, rtol=1e-12)
+    assert not np.allclose(after, before)

@@ -36,7 +36,7 @@ class _RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, backward: Callable, output: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         ctx.rule_backward = backward
-        return output.clone()
+        return output.view_as(output)
 
     @staticmethod
     def backward(ctx, r_out: torch.Tensor):
@@ -90,6 +90,8 @@ class Propagation:
         raise ExplanationError(f"cannot tell which molecule the {n} rows of a relevance tensor belong to")
 
     def per_molecule(self, t: torch.Tensor) -> torch.Tensor:
+        if self.batch.n_molecules == 1:
+            return t.sum().reshape(1)
         sums = t.reshape(t.shape[0], -1).sum(1)
         return sums.new_zeros(self.batch.n_molecules).index_add(0, self.row_molecule(t), sums)
 
@@ -149,10 +151,12 @@ def embedding_leaf(
 def attach(model: nn.Module, composite: Composite, batch: AtomsBatch) -> Iterator[Propagation]:
     """Attach ``composite``'s rules to ``model`` for one forward/backward pass over ``batch``."""
     handles = []
+    # the filters of the distance (e.g. SchNet's filter networks) see no relevance: not hooked
+    constant = tuple(f + "." for f in getattr(model, "distance_filters", list)())
     with embedding_leaf(model, batch) as state:
         try:
             for name, module in model.named_modules():
-                if isinstance(module, AtomEmbedding):
+                if isinstance(module, AtomEmbedding) or (name + ".").startswith(constant):
                     continue
                 rule = composite.rule_for(name, module)
                 if rule is not None:
@@ -174,22 +178,26 @@ def _rule_hook(name: str, rule: Rule, state: Propagation):
         for k in carry:  # rules may ask which inputs carry relevance
             plain[k].requires_grad_(True)
         out = output.detach()
-        tags = [getattr(args[k], ROWS, None) for k in carry]
+        tagged = state.batch.n_molecules > 1  # row tags only matter for booking several molecules
+        tags = [getattr(args[k], ROWS, None) for k in carry] if tagged else []
 
         def backward(r_out: torch.Tensor) -> list[torch.Tensor]:
             relevance = rule.relevance(module, plain, out, r_out)
             r_in = [relevance[k] for k in carry]
-            for r, tag in zip(r_in, tags, strict=True):
+            for r, tag in zip(r_in, tags, strict=False):
                 if tag is not None:
                     setattr(r, ROWS, tag)
-            setattr(r_out, ROWS, getattr(new, ROWS, None))
-            state.book(name, r_out, r_in)
+            if not rule.exact:
+                if tagged:
+                    setattr(r_out, ROWS, getattr(new, ROWS, None))
+                state.book(name, r_out, r_in)
             return r_in
 
         new = _RuleFunction.apply(backward, out, *(args[k] for k in carry))
-        rows = _output_rows(module, [args[k] for k in carry])
-        if rows is not None:
-            setattr(new, ROWS, rows)
+        if tagged:
+            rows = _output_rows(module, [args[k] for k in carry])
+            if rows is not None:
+                setattr(new, ROWS, rows)
         return new
 
     return hook

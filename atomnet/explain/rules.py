@@ -16,6 +16,8 @@ Conservation (Σ_j R_j versus Σ_k R_k of one layer) is stated per rule; the rel
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 Relevances = tuple[torch.Tensor | None, ...]
@@ -23,8 +25,7 @@ Relevances = tuple[torch.Tensor | None, ...]
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """num / den, and 0 where den == 0 (a neuron with zero output passes no relevance on)."""
-    zero = den == 0
-    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+    return num / den.masked_fill(den == 0, float("inf"))
 
 
 def _pos(t: torch.Tensor) -> torch.Tensor:
@@ -40,6 +41,8 @@ class Rule:
     for inputs that carry none); shapes equal the inputs'."""
 
     name = "rule"
+    #: R_in = R_out exactly (an identity map): nothing can be absorbed, so nothing is booked
+    exact = False
 
     def relevance(self, module, inputs: tuple, output: torch.Tensor, r_out: torch.Tensor) -> Relevances:
         raise NotImplementedError
@@ -72,6 +75,31 @@ class Epsilon(Rule):
         return (x * (safe_divide(r_out, z) @ module.weight),)
 
 
+_SPLITS: dict[int, tuple] = {}  # id(weight) → (weakref, version, side, block): reused across analyses
+
+
+def _split_weights(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W⁺ | W⁻) side by side, (out, 2 in), and the block matrix [[W⁺, W⁻], [W⁻, W⁺]], (2 out, 2 in).
+
+    Cached per weight tensor and recomputed when it changes (its version counter moves on)."""
+    hit = _SPLITS.get(id(w))
+    if hit is not None and hit[0]() is w and hit[1] == w._version:
+        return hit[2], hit[3]
+    wp, wn = _pos(w), _neg(w)
+    side = torch.cat([wp, wn], dim=1)
+    block = torch.cat([side, torch.cat([wn, wp], dim=1)], dim=0)
+    if len(_SPLITS) > 4096:
+        _SPLITS.clear()
+    _SPLITS[id(w)] = (weakref.ref(w), w._version, side, block)
+    return side, block
+
+
+def _positive_part(x: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x⁺, x⁻, Σ_j c⁺_jk = x⁺W⁺ᵀ + x⁻W⁻ᵀ) in one matrix product."""
+    xp, xn = _pos(x), _neg(x)
+    return xp, xn, torch.cat([xp, xn], dim=1) @ side.T
+
+
 class Gamma(Rule):
     """Generalised LRP-γ for inputs of either sign: contributions of the output's sign are favoured,
 
@@ -90,17 +118,20 @@ class Gamma(Rule):
 
     def relevance(self, module, inputs, output, r_out):
         (x,) = inputs
-        w, b, g = module.weight, module.bias, self.gamma
-        xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
-        z_plus = xp @ wp.T + xn @ wn.T
-        z_minus = xp @ wn.T + xn @ wp.T
+        b, g = module.bias, self.gamma
+        side, block = _split_weights(module.weight)
+        xp, xn, z_plus = _positive_part(x, side)
+        z_minus = (output if b is None else output - b) - z_plus  # z = z⁺ + z⁻ without the bias
         if b is not None:
             z_plus, z_minus = z_plus + _pos(b), z_minus + _neg(b)
         positive = output >= 0
-        den = output + g * torch.where(positive, z_plus, z_minus)
-        s = safe_divide(r_out, den)
-        s_pos, s_neg = torch.where(positive, s, 0.0), torch.where(positive, 0.0, s)
-        return (x * (s @ w) + g * (xp * (s_pos @ wp + s_neg @ wn) + xn * (s_pos @ wn + s_neg @ wp)),)
+        s = safe_divide(r_out, output + g * torch.where(positive, z_plus, z_minus))
+        zero = torch.zeros_like(s)
+        # [A | B] = [s⁺ W⁺ + s⁻ W⁻ | s⁺ W⁻ + s⁻ W⁺]; s W = A + B
+        a, bb = (
+            torch.cat([torch.where(positive, s, zero), torch.where(positive, zero, s)], 1) @ block
+        ).chunk(2, 1)
+        return (x * (a + bb) + g * (xp * a + xn * bb),)
 
 
 class AlphaBeta(Rule):
@@ -119,15 +150,17 @@ class AlphaBeta(Rule):
 
     def relevance(self, module, inputs, output, r_out):
         (x,) = inputs
-        w, b = module.weight, module.bias
-        xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
-        z_plus = xp @ wp.T + xn @ wn.T
-        z_minus = xp @ wn.T + xn @ wp.T
+        b = module.bias
+        side, block = _split_weights(module.weight)
+        xp, xn, z_plus = _positive_part(x, side)
+        z_minus = (output if b is None else output - b) - z_plus
         if b is not None:
             z_plus, z_minus = z_plus + _pos(b), z_minus + _neg(b)
         sp = self.alpha * safe_divide(r_out, z_plus)
         sn = self.beta * safe_divide(r_out, z_minus)
-        return (xp * (sp @ wp - sn @ wn) + xn * (sp @ wn - sn @ wp),)
+        # [A | B] = [s⁺ W⁺ − s⁻ W⁻ | s⁺ W⁻ − s⁻ W⁺]
+        a, bb = (torch.cat([sp, -sn], 1) @ block).chunk(2, 1)
+        return (xp * a + xn * bb,)
 
 
 class ZPlus(Rule):
@@ -142,10 +175,10 @@ class ZPlus(Rule):
 
     def relevance(self, module, inputs, output, r_out):
         (x,) = inputs
-        w = module.weight
-        xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
-        s = safe_divide(r_out, xp @ wp.T + xn @ wn.T)
-        return (xp * (s @ wp) + xn * (s @ wn),)
+        side, _ = _split_weights(module.weight)
+        xp, xn, z_plus = _positive_part(x, side)
+        a, bb = (safe_divide(r_out, z_plus) @ side).chunk(2, 1)
+        return (xp * a + xn * bb,)
 
 
 # --- the named operations of atomnet.nn.ops and the output ------------------------------------------
@@ -155,6 +188,7 @@ class Pass(Rule):
     """Element-wise activation y = σ(x): R_x = R_y (relevance is passed on unchanged; conserving)."""
 
     name = "pass"
+    exact = True
 
     def relevance(self, module, inputs, output, r_out):
         return (r_out,) + (None,) * (len(inputs) - 1)
@@ -175,6 +209,7 @@ class ConstantFilter(Rule):
     no relevance. Mirrored batches (one filter per unordered pair) need nothing special."""
 
     name = "constant-filter"
+    exact = True
 
     def relevance(self, module, inputs, output, r_out):
         features, filters = inputs
