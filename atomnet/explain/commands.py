@@ -21,8 +21,10 @@ from atomnet.files import atomic_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="pretrained model name, atomnet model file or training checkpoint")
-    parser.add_argument("structures", help="structure file (xyz/extxyz, QM9 tarball, MD17 npz, .h5 store)")
+    parser.add_argument("model", nargs="?", help="pretrained model name, atomnet model file or checkpoint")
+    parser.add_argument(
+        "structures", nargs="?", help="structure file (xyz/extxyz, QM9 tarball, MD17 npz, .h5 store)"
+    )
     parser.add_argument("--method", default="lrp-gamma", help="explanation method (--list-methods)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="K=V", help="method parameter, e.g. gamma=0.5"
@@ -121,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             kind = "conserving" if info["conserving"] else "not conserving"
             print(f"{name:22s} [{info['units']}; {kind}] params: {params}")
         return 0
+    if args.model is None or args.structures is None:
+        raise ExplanationError("give MODEL and STRUCTURES (or --list-methods)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1:
