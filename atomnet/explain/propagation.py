@@ -62,12 +62,30 @@ class Composite:
 
 
 @dataclass
+class TapeEntry:
+    """One module call on the relevance path: its rule, inputs (detached) and output, and the identities of
+    the tensors it consumed (``inputs[k]`` for k in ``carry``) and produced, to chain calls together."""
+
+    name: str
+    module: nn.Module
+    rule: Rule
+    inputs: tuple
+    output: torch.Tensor
+    carry: list[int]
+    in_ids: list[int]
+    out_id: int
+    keep: tuple  # the consumed and produced tensors, alive so their ids stay unique
+
+
+@dataclass
 class Propagation:
     """State of one attached analysis: the embedding leaves and the absorbed relevance per module (eV)."""
 
     batch: AtomsBatch
     leaves: list[torch.Tensor] = field(default_factory=list)
     absorbed: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: with ``attach(..., record=True)``: every rule call in forward order (for walks)
+    tape: list[TapeEntry] | None = None
 
     def row_molecule(self, t: torch.Tensor) -> torch.Tensor:
         """The molecule of every row of ``t`` (atoms, pairs or molecules, by tag or else by row count)."""
@@ -148,12 +166,17 @@ def embedding_leaf(
 
 
 @contextlib.contextmanager
-def attach(model: nn.Module, composite: Composite, batch: AtomsBatch) -> Iterator[Propagation]:
-    """Attach ``composite``'s rules to ``model`` for one forward/backward pass over ``batch``."""
+def attach(
+    model: nn.Module, composite: Composite, batch: AtomsBatch, record: bool = False
+) -> Iterator[Propagation]:
+    """Attach ``composite``'s rules to ``model`` for one forward/backward pass over ``batch``
+    (``record``: also keep a :class:`TapeEntry` per rule call in ``state.tape``)."""
     handles = []
     # the filters of the distance (e.g. SchNet's filter networks) see no relevance: not hooked
     constant = tuple(f + "." for f in getattr(model, "distance_filters", list)())
     with embedding_leaf(model, batch) as state:
+        if record:
+            state.tape = []
         try:
             for name, module in model.named_modules():
                 if isinstance(module, AtomEmbedding) or (name + ".").startswith(constant):
@@ -194,6 +217,21 @@ def _rule_hook(name: str, rule: Rule, state: Propagation):
             return r_in
 
         new = _RuleFunction.apply(backward, out, *(args[k] for k in carry))
+        if state.tape is not None:
+            consumed = [args[k] for k in carry]
+            state.tape.append(
+                TapeEntry(
+                    name,
+                    module,
+                    rule,
+                    plain,
+                    out,
+                    carry,
+                    [id(a) for a in consumed],
+                    id(new),
+                    (*consumed, new),
+                )
+            )
         if tagged:
             rows = _output_rows(module, [args[k] for k in carry])
             if rows is not None:

@@ -129,8 +129,8 @@ class Gamma(Rule):
         zero = torch.zeros_like(s)
         # [A | B] = [s⁺ W⁺ + s⁻ W⁻ | s⁺ W⁻ + s⁻ W⁺]; s W = A + B
         a, bb = (
-            torch.cat([torch.where(positive, s, zero), torch.where(positive, zero, s)], 1) @ block
-        ).chunk(2, 1)
+            torch.cat([torch.where(positive, s, zero), torch.where(positive, zero, s)], -1) @ block
+        ).chunk(2, -1)
         return (x * (a + bb) + g * (xp * a + xn * bb),)
 
 
@@ -159,7 +159,7 @@ class AlphaBeta(Rule):
         sp = self.alpha * safe_divide(r_out, z_plus)
         sn = self.beta * safe_divide(r_out, z_minus)
         # [A | B] = [s⁺ W⁺ − s⁻ W⁻ | s⁺ W⁻ − s⁻ W⁺]
-        a, bb = (torch.cat([sp, -sn], 1) @ block).chunk(2, 1)
+        a, bb = (torch.cat([sp, -sn], -1) @ block).chunk(2, -1)
         return (xp * a + xn * bb,)
 
 
@@ -177,7 +177,7 @@ class ZPlus(Rule):
         (x,) = inputs
         side, _ = _split_weights(module.weight)
         xp, xn, z_plus = _positive_part(x, side)
-        a, bb = (safe_divide(r_out, z_plus) @ side).chunk(2, 1)
+        a, bb = (safe_divide(r_out, z_plus) @ side).chunk(2, -1)
         return (xp * a + xn * bb,)
 
 
