@@ -8,6 +8,8 @@ Methods (:func:`list_methods`): ``contributions`` (the model's atom-wise energie
 ``lrp-epsilon``, ``lrp-gamma``, ``lrp-alphabeta``, ``deep-taylor``, ``lrp-composite``), and gradient baselines
 (``gradient``, ``force-norm``, ``gradient-x-input``, ``integrated-gradients``, ``smoothgrad``). Rules attach
 from outside by module type (:mod:`atomnet.explain.propagation`); the model stays plain torch.
+Higher-order (GNN-LRP, :mod:`atomnet.explain.walks`): :func:`walks`, :func:`pair_relevance`,
+:func:`body_order_relevance`, :func:`subgraph_relevance`.
 This package stands on :mod:`atomnet.potential`, :mod:`atomnet.models` and :mod:`atomnet.nn` only.
 """
 
@@ -20,6 +22,13 @@ from atomnet.explain.analyzer import (
     method_info,
 )
 from atomnet.explain.explanation import Explanation
+from atomnet.explain.walks import (
+    WalkExplanation,
+    body_order_relevance,
+    pair_relevance,
+    subgraph_relevance,
+    walks,
+)
 
 __all__ = [
     "Analyzer",
@@ -29,4 +38,9 @@ __all__ = [
     "explain",
     "list_methods",
     "method_info",
+    "WalkExplanation",
+    "body_order_relevance",
+    "pair_relevance",
+    "subgraph_relevance",
+    "walks",
 ]

@@ -20,8 +20,10 @@ Conservation: Σ over walks starting at i₀ = the LRP relevance of atom i₀ (s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,9 +176,8 @@ def transfer_matrices(model, batch: AtomsBatch, rule: str = "lrp-gamma", **param
         leaf = state.leaves[0]
         top, grad0 = torch.autograd.grad(energy, [keep[-1], leaf], grad_outputs=energy.detach())
     dtype = top.dtype
-    transfers = []
-    for start, end, in_id, out_id in marks:
-        transfers.append(_replay_block(tape[start:end], in_id, out_id, batch, dtype))
+    with torch.no_grad():  # the recorded inputs are marked as carrying relevance; no graph is needed here
+        transfers = [_replay_block(tape[s:e], i, o, batch, dtype) for s, e, i, o in marks]
     if marks and marks[0][2] != id(leaf):
         raise ExplanationError("walks: the first interaction block does not take the embedding as its input")
     unexplained = sum(state.absorbed.values(), torch.zeros_like(energy))
@@ -287,3 +288,273 @@ def restricted_relevance(
         new = torch.bmm(tr.matrices[e], v[k][:, :, None])[:, :, 0]
         v = torch.zeros_like(v).index_add_(0, kd, new)
     return torch.zeros(n_sets, dtype=v.dtype).index_add_(0, set_of, v.sum(1))
+
+
+# --- the K most relevant walks without listing all of them -------------------------------------------------
+
+
+def _prefixes(wm: WalkModel, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All prefixes i₀ … i_m (P, m+1) and their row vectors p = 1ᵀ M_1[i₀←i₁] ⋯ M_m[i_{m−1}←i_m] (P, F)."""
+    n, feats = wm.batch.numbers.shape[0], wm.top.shape[1]
+    walks = torch.arange(n)[:, None]
+    vecs = torch.ones(n, feats, dtype=wm.top.dtype)
+    for tr in wm.transfers[:m]:
+        p, e = _expand(tr.dst, walks[:, -1], n)  # prefix p ends at atom dst[e]; continue to src[e]
+        vecs = torch.bmm(vecs[p][:, None, :], tr.matrices[e])[:, 0, :]
+        walks = torch.cat([walks[p], tr.src[e][:, None]], dim=1)
+    return walks, vecs
+
+
+def _suffix_step(tr: Transfer, heads, walks, vecs, n):
+    """Suffixes one block further down: (new heads, walks, vectors) for every entry leaving each head."""
+    s, e = _expand(tr.src, heads, n)
+    vecs = torch.bmm(tr.matrices[e], vecs[s][:, :, None])[:, :, 0]
+    return tr.dst[e], torch.cat([tr.dst[e][:, None], walks[s]], dim=1), vecs
+
+
+def _prefix_bounds(wm: WalkModel, m: int, prefix_walks, prefix_vecs) -> list[torch.Tensor]:
+    """bound[τ][a] ≥ ‖p‖ for every prefix ending at atom a at level τ ≥ m: exact at m, then
+    max_c bound[τ−1][c] · ‖M_τ[c←a]‖₂ (operator norms)."""
+    n = wm.batch.numbers.shape[0]
+    norms = torch.linalg.vector_norm(prefix_vecs, dim=1)
+    bound = torch.zeros(n, dtype=norms.dtype).scatter_reduce_(0, prefix_walks[:, -1], norms, "amax")
+    bounds = [None] * m + [bound]
+    for tr in wm.transfers[m:]:
+        op = torch.linalg.matrix_norm(tr.matrices, ord=2)
+        bound = torch.zeros(n, dtype=norms.dtype).scatter_reduce_(0, tr.src, bound[tr.dst] * op, "amax")
+        bounds.append(bound)
+    return bounds
+
+
+def top_walks(wm: WalkModel, k: int, max_memory_gb: float = MAX_MEMORY_GB, beam: int = 2048):
+    """The ``k`` walks of largest |relevance| (walks (k, T+1), relevances (k,)), exact, without listing all.
+
+    Walk relevance = p · q with p a prefix vector at a middle level m (all prefixes enumerated) and q a suffix
+    vector (built from the top). A beam search over suffixes finds k real walks, whose k-th |relevance| θ is a
+    lower bound of the answer; then every suffix whose Cauchy–Schwarz bound ‖q‖ · max‖p‖ (max over the
+    prefixes that can precede it) is below θ is dropped, and the survivors meet the prefixes exactly.
+    """
+    n, T = wm.batch.numbers.shape[0], len(wm.transfers)
+    budget = max_memory_gb * 2**30
+    feats = wm.top.shape[1]
+    m = 0
+    while m < T and walk_prefix_count(wm, m + 1) * feats * 8 * 3 < min(budget, 2**28):
+        m += 1
+    pw, pv = _prefixes(wm, m)
+    bounds = _prefix_bounds(wm, m, pw, pv)
+
+    def suffixes(theta: float | None):
+        heads, walks, vecs = torch.arange(n), torch.arange(n)[:, None], wm.top
+        for tau in range(T, m, -1):
+            heads, walks, vecs = _suffix_step(wm.transfers[tau - 1], heads, walks, vecs, n)
+            score = torch.linalg.vector_norm(vecs, dim=1) * bounds[tau - 1][heads]
+            if theta is None:  # beam: the most promising suffixes only
+                keep = torch.topk(score, min(beam, score.numel())).indices
+            else:
+                keep = torch.nonzero(score >= theta).flatten()
+            heads, walks, vecs = heads[keep], walks[keep], vecs[keep]
+            if walks.numel() * 8 + vecs.numel() * 8 > budget:
+                raise ExplanationError(
+                    f"top_k={k}: {heads.numel():,} candidate suffixes at block {tau} exceed {max_memory_gb} GB; "
+                    "raise max_memory_gb or use pair_relevance"
+                )
+        return heads, walks, vecs
+
+    def meet(heads, walks, vecs):
+        # every (prefix ending at a, suffix starting at a): relevance p · q, keep the k largest |.|
+        p_idx, s_idx = _expand(heads, pw[:, -1], n)
+        best_w, best_r = [], []
+        chunk = max(1, int(2**27 // max(feats, 1)))
+        for start in range(0, p_idx.numel(), chunk):
+            pi, si = p_idx[start : start + chunk], s_idx[start : start + chunk]
+            rel = (pv[pi] * vecs[si]).sum(1)
+            top = torch.topk(rel.abs(), min(k, rel.numel())).indices
+            best_w.append(torch.cat([pw[pi[top]], walks[si[top]][:, 1:]], dim=1))
+            best_r.append(rel[top])
+        w, r = torch.cat(best_w), torch.cat(best_r)
+        top = torch.topk(r.abs(), min(k, r.numel())).indices
+        return w[top], r[top]
+
+    _, r0 = meet(*suffixes(None))
+    theta = float(r0.abs().min()) if r0.numel() >= k else 0.0
+    return meet(*suffixes(theta))
+
+
+def walk_prefix_count(wm: WalkModel, m: int) -> int:
+    """Number of prefixes i₀ … i_m (walks through the first m blocks)."""
+    n = wm.batch.numbers.shape[0]
+    count = torch.ones(n, dtype=torch.float64)
+    for tr in wm.transfers[:m]:
+        count = torch.zeros(n, dtype=torch.float64).index_add_(0, tr.src, count[tr.dst])
+    return int(count.sum().item())
+
+
+# --- public interface --------------------------------------------------------------------------------------
+
+
+@dataclass
+class WalkExplanation:
+    """Relevant walks of one molecule's energy.
+
+    Attributes:
+        walks: (n_walks, T+1) atom indices in input order; column 0 is the input atom i₀, column T the atom
+            whose energy is read out.
+        relevance: (n_walks,) eV. All walks (``complete``): Σ = energy − unexplained; Σ over walks with
+            i₀ = i is the LRP relevance of atom i. With ``top_k``: the K largest |relevance|, sorted.
+        energy, unexplained: eV (LRP of the same rule). rule, params: the LRP rule used.
+        atom_relevance: (n_atoms,) eV, the LRP atom relevance of the same rule.
+        numbers, positions: the molecule (Å).
+    """
+
+    walks: np.ndarray
+    relevance: np.ndarray
+    energy: float
+    unexplained: float
+    rule: str
+    params: dict
+    atom_relevance: np.ndarray
+    numbers: np.ndarray
+    positions: np.ndarray
+    complete: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "params": dict(self.params),
+            "energy": float(self.energy),
+            "unexplained": float(self.unexplained),
+            "complete": self.complete,
+            "walks": self.walks.astype(int).tolist(),
+            "relevance": self.relevance.astype(float).tolist(),
+            "atom_relevance": self.atom_relevance.astype(float).tolist(),
+            "numbers": self.numbers.astype(int).tolist(),
+            "positions": self.positions.astype(float).tolist(),
+            **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.extra.items()},
+        }
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def walk_model(
+    potential, atoms, rule: str = "lrp-gamma", dtype: torch.dtype | None = torch.float64, **params
+):
+    """(WalkModel, resolved params) of one structure (an ``ase.Atoms`` or a one-molecule AtomsBatch)."""
+    from atomnet.explain.analyzer import as_batch, as_potential
+
+    pot = as_potential(potential, dtype)
+    batch = as_batch(atoms, pot)
+    if batch.n_molecules != 1:
+        raise ExplanationError(f"walks explain one structure at a time, got {batch.n_molecules}")
+    method = get_method(rule)
+    resolved = method.resolve(params)
+    return transfer_matrices(pot.model, batch, rule, **resolved), resolved
+
+
+def walks(
+    potential,
+    atoms,
+    rule: str = "lrp-gamma",
+    top_k: int | None = None,
+    max_memory_gb: float = MAX_MEMORY_GB,
+    dtype: torch.dtype | None = torch.float64,
+    **params,
+) -> WalkExplanation:
+    """Relevance of every walk i₀ → … → i_T (or the ``top_k`` most relevant) under an LRP ``rule``.
+
+    ``potential``: as in :func:`atomnet.explain.create_analyzer`; ``atoms``: one structure. Computed in
+    float64 by default (``dtype=None``: the model's own). Memory is estimated before enumeration; past
+    ``max_memory_gb`` a one-line error suggests ``top_k`` or :func:`pair_relevance`.
+    """
+    wm, resolved = walk_model(potential, atoms, rule, dtype, **params)
+    return _explanation(wm, rule, resolved, top_k, max_memory_gb)
+
+
+def _explanation(wm: WalkModel, rule, params, top_k, max_memory_gb) -> WalkExplanation:
+    if top_k is not None:
+        if int(top_k) < 1:
+            raise ExplanationError(f"top_k must be >= 1, got {top_k}")
+        w, r = top_walks(wm, int(top_k), max_memory_gb)
+        order = torch.argsort(r.abs(), descending=True)
+        w, r = w[order], r[order]
+    else:
+        w, r = enumerate_walks(wm, max_memory_gb)
+    b = wm.batch
+    return WalkExplanation(
+        walks=w.numpy(),
+        relevance=r.detach().double().numpy(),
+        energy=float(wm.energy[0]),
+        unexplained=float(wm.unexplained[0]),
+        rule=rule,
+        params=dict(params),
+        atom_relevance=wm.atom_relevance.double().numpy(),
+        numbers=b.numbers.numpy(),
+        positions=b.positions.detach().double().numpy(),
+        complete=top_k is None,
+    )
+
+
+def _pairs_from(wm: WalkModel) -> np.ndarray:
+    n = wm.batch.numbers.shape[0]
+    atoms = torch.arange(n)
+    single = restricted_relevance(wm, atoms, atoms, n)
+    # neighbour pairs i < j (only they can hold walks visiting exactly {i, j})
+    tr = wm.transfers[0]
+    pairs = torch.unique(
+        torch.stack([torch.minimum(tr.src, tr.dst), torch.maximum(tr.src, tr.dst)], 1), dim=0
+    )
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    for t in wm.transfers[1:]:
+        more = torch.stack([torch.minimum(t.src, t.dst), torch.maximum(t.src, t.dst)], 1)
+        pairs = torch.unique(torch.cat([pairs, more[more[:, 0] != more[:, 1]]]), dim=0)
+    out = np.diag(single.double().numpy())
+    if pairs.numel():
+        p = pairs.shape[0]
+        both = restricted_relevance(wm, pairs.flatten(), torch.arange(p).repeat_interleave(2), p)
+        exact = (both - single[pairs[:, 0]] - single[pairs[:, 1]]).double().numpy()
+        i, j = pairs[:, 0].numpy(), pairs[:, 1].numpy()
+        out[i, j] = exact / 2
+        out[j, i] = exact / 2
+    return out
+
+
+def pair_relevance(potential, atoms, rule: str = "lrp-gamma", dtype=torch.float64, **params) -> np.ndarray:
+    """(n_atoms, n_atoms) eV: off the diagonal, half the relevance of all walks whose visited atoms are
+    exactly {i, j} (so the matrix sums to the 1- plus 2-body relevance); on the diagonal, walks that stay on
+    atom i. No walk list: S({i, j}) − S({i}) − S({j}) with S the relevance of walks inside a set."""
+    wm, _ = walk_model(potential, atoms, rule, dtype, **params)
+    return _pairs_from(wm)
+
+
+def subgraph_relevance(
+    potential, atoms, atom_set, rule: str = "lrp-gamma", dtype=torch.float64, **params
+) -> float:
+    """Relevance (eV) of all walks that stay inside ``atom_set`` (atom indices), in one restricted pass."""
+    wm, _ = walk_model(potential, atoms, rule, dtype, **params)
+    n = wm.batch.numbers.shape[0]
+    members = torch.as_tensor(sorted({int(a) for a in atom_set}), dtype=torch.long)
+    if members.numel() == 0 or int(members.min()) < 0 or int(members.max()) >= n:
+        raise ExplanationError(f"atom_set must name atoms 0..{n - 1}, got {sorted(atom_set)}")
+    return float(restricted_relevance(wm, members, torch.zeros_like(members), 1)[0])
+
+
+def body_orders(walk_list: np.ndarray, relevance: np.ndarray, max_order: int) -> np.ndarray:
+    """Relevance by number of distinct atoms visited: entry k−1 holds the k-body walks, k = 1 … max_order."""
+    ordered = np.sort(walk_list, axis=1)
+    distinct = 1 + (np.diff(ordered, axis=1) != 0).sum(1)
+    return np.bincount(distinct - 1, weights=relevance, minlength=max_order)[:max_order]
+
+
+def body_order_relevance(
+    potential,
+    atoms,
+    rule: str = "lrp-gamma",
+    max_memory_gb: float = MAX_MEMORY_GB,
+    dtype=torch.float64,
+    **params,
+) -> np.ndarray:
+    """(T+1,) eV: relevance of the 1-, 2-, …, (T+1)-body walks; sums to the total walk relevance. Needs the
+    walk list (memory-checked)."""
+    e = walks(potential, atoms, rule, max_memory_gb=max_memory_gb, dtype=dtype, **params)
+    return body_orders(e.walks, e.relevance, e.walks.shape[1])
