@@ -10,13 +10,11 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import molecule
+from walk_reference import slow_walk_relevance
 
-from atomnet import keys
 from atomnet.data import batch_from_atoms
 from atomnet.errors import AtomNetError
 from atomnet.explain import body_order_relevance, create_analyzer, pair_relevance, subgraph_relevance, walks
-from atomnet.explain.methods import get_method
-from atomnet.explain.propagation import attach
 from atomnet.explain.walks import enumerate_walks, top_walks, transfer_matrices
 from atomnet.models import build_model
 from atomnet.potential import Potential
@@ -43,35 +41,6 @@ def make_potential(name: str, **overrides) -> Potential:
 @pytest.fixture(params=sorted(SMALL))
 def pot(request):
     return make_potential(request.param)
-
-
-def slow_walk_relevance(pot, batch, walk, rule="lrp-gamma", **params):
-    """Schnake et al.'s reference: one masked forward/backward per walk, h ← h·m + (1−m)·h.detach() after
-    the embedding and after every interaction block, m selecting atom i_t."""
-    model = pot.model
-    method = get_method(rule)
-    comp = method.composite(method.resolve(params))
-    calls = {"t": 0}
-
-    def masked(out, atom):
-        m = torch.zeros(out.shape[0], 1, dtype=out.dtype)
-        m[atom] = 1.0
-        return out * m + (1 - m) * out.detach()
-
-    def after_block(module, args, out):
-        calls["t"] += 1
-        return masked(out, walk[calls["t"]])
-
-    with torch.enable_grad(), attach(model, comp, batch) as state:
-        handles = [model.embedding.register_forward_hook(lambda mod, a, out: masked(out, walk[0]))]
-        handles += [b.register_forward_hook(after_block) for b in model.interactions]
-        try:
-            energy = model(batch)[keys.ENERGY]
-            (g,) = torch.autograd.grad(energy, state.leaves, grad_outputs=energy.detach())
-        finally:
-            for h in handles:
-                h.remove()
-    return g.sum().item()
 
 
 @pytest.mark.parametrize("mirrored", [True, False])

@@ -75,6 +75,7 @@ class TapeEntry:
     in_ids: list[int]
     out_id: int
     keep: tuple  # the consumed and produced tensors, alive so their ids stay unique
+    cache: dict = field(default_factory=dict)  # e.g. the rule's Jacobian, reused across replays
 
 
 @dataclass

@@ -51,15 +51,51 @@ class Transfer:
 
 @dataclass
 class WalkModel:
-    """Everything walks need from one forward pass: energies (n_molecules,), the relevance at the last block's
-    output R^T (n_atoms, F), the transfers of blocks 1..T, the LRP atom relevance and unexplained of the rule."""
+    """Everything walks need from one recorded forward pass: energies (n_molecules,), the relevance at the last
+    block's output R^T (n_atoms, F), the LRP atom relevance and unexplained of the rule, and per block the
+    recorded module calls, replayed on demand: :meth:`apply` sends given vectors through a block,
+    :attr:`transfers` holds the full matrices M_t (computed once, when first asked for)."""
 
     batch: AtomsBatch
     energy: torch.Tensor
     top: torch.Tensor
-    transfers: list[Transfer]
     atom_relevance: torch.Tensor
     unexplained: torch.Tensor
+    blocks: list[tuple[list[TapeEntry], int, int]]
+    _transfers: dict[int, Transfer] = field(default_factory=dict)
+    _structure: dict[int, Transfer] = field(default_factory=dict)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def apply(self, t: int, vectors: torch.Tensor) -> Transfer:
+        """Block ``t`` (0-based) on ``vectors`` (n_atoms, F, K) at its output: entries e with
+        ``matrices[e]`` = M[dst_e ← src_e] @ vectors[src_e], (E, F, K)."""
+        entries, block_in, block_out = self.blocks[t]
+        with torch.no_grad():  # the recorded inputs are marked as carrying relevance; no graph is needed here
+            return _replay_block(entries, block_in, block_out, self.batch, vectors)
+
+    def transfer(self, t: int) -> Transfer:
+        """Full transfer matrices M_t (E, F, F) of block ``t`` (computed once)."""
+        if t not in self._transfers:
+            n, feats = self.top.shape
+            self._transfers[t] = self.apply(t, torch.eye(feats, dtype=self.top.dtype).expand(n, -1, -1))
+        return self._transfers[t]
+
+    @property
+    def transfers(self) -> list[Transfer]:
+        """Full transfer matrices of every block."""
+        return [self.transfer(t) for t in range(self.n_blocks)]
+
+    def structure(self, t: int) -> Transfer:
+        """Which (src, dst) entries block ``t`` has (matrices of a cheap one-column replay)."""
+        if t in self._transfers:
+            return self._transfers[t]
+        if t not in self._structure:
+            n, feats = self.top.shape
+            self._structure[t] = self.apply(t, torch.ones(n, feats, 1, dtype=self.top.dtype))
+        return self._structure[t]
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -69,9 +105,18 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
-def _coalesce(src, row, mats, n_rows):
+def _coalesce(parts: list, n_rows: int):
+    """One (src, row, mats) from several parts; entries with the same (src, row) are summed (only where
+    there are duplicates: the large matrices are not copied otherwise)."""
+    if len(parts) == 1:
+        src, row, mats = parts[0][:3]
+    else:
+        src, row = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        mats = torch.cat([p[2] for p in parts])
     key = src * n_rows + row
     unique, inverse = torch.unique(key, return_inverse=True)
+    if unique.numel() == key.numel():
+        return src, row, mats
     out = mats.new_zeros((unique.numel(),) + mats.shape[1:]).index_add_(0, inverse, mats)
     return unique // n_rows, unique % n_rows, out
 
@@ -84,26 +129,32 @@ def _dense_jacobian(entry: TapeEntry) -> torch.Tensor:
     return r_in.permute(1, 2, 0)
 
 
+def _rowwise_matmul(jac: torch.Tensor, row: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    """jac[row[e]] @ mats[e] for every entry e, (E, in, K), without copying a Jacobian per entry: entries are
+    grouped by row and each row's Jacobian multiplies all of its entries in one product."""
+    n_rows, f_in, f_out = jac.shape
+    k = mats.shape[2]
+    if row.numel() == 0 or n_rows == 0:
+        return mats.new_zeros(row.numel(), f_in, k)
+    slot, _, e_max = _grouped(row, n_rows)
+    pad = mats.new_zeros(n_rows, max(e_max, 1), f_out, k).index_put_((row, slot), mats)
+    res = torch.bmm(jac, pad.permute(0, 2, 1, 3).reshape(n_rows, f_out, -1))
+    return res.view(n_rows, f_in, -1, k).permute(0, 2, 1, 3)[row, slot]
+
+
 def _replay_block(
-    entries: list[TapeEntry], block_in: int, block_out: int, batch: AtomsBatch, dtype
+    entries: list[TapeEntry], block_in: int, block_out: int, batch: AtomsBatch, start: torch.Tensor
 ) -> Transfer:
-    """Run a block's rules backwards on (source atom, row) → (F_row, F) entries, from the identity at the
-    block's output to its input."""
+    """Run a block's rules backwards on (source atom, row) → (F_row, K) entries, from ``start`` (n, F, K) at
+    the block's output (the identity gives the transfer matrices) to its input."""
     n = batch.numbers.shape[0]
-    feats = entries[-1].output.shape[-1]
-    eye = torch.eye(feats, dtype=dtype, device=batch.positions.device)
-    states: dict[int, list] = {block_out: [(torch.arange(n), torch.arange(n), eye.expand(n, -1, -1), n)]}
+    states: dict[int, list] = {block_out: [(torch.arange(n), torch.arange(n), start, n)]}
     for entry in reversed(entries):
         parts = states.pop(entry.out_id, None)
         if parts is None:
             continue
         n_rows = parts[0][3]
-        src, row, mats = _coalesce(
-            torch.cat([p[0] for p in parts]),
-            torch.cat([p[1] for p in parts]),
-            torch.cat([p[2] for p in parts]),
-            n_rows,
-        )
+        src, row, mats = _coalesce(parts, n_rows)
         module, rule = entry.module, entry.rule
         results: list[tuple] = []  # (input id, src, row, mats, n_rows of that input)
         if isinstance(module, GatherNeighbors):
@@ -123,8 +174,10 @@ def _replay_block(
         elif rule.exact:
             results.append((entry.in_ids[0], src, row, mats, n_rows))
         elif isinstance(rule, DENSE_RULES) and isinstance(module, nn.Linear):
-            jac = _dense_jacobian(entry)  # (rows, in, out)
-            results.append((entry.in_ids[0], src, row, torch.bmm(jac[row], mats), n_rows))
+            jac = entry.cache.get("jacobian")
+            if jac is None:
+                jac = entry.cache["jacobian"] = _dense_jacobian(entry)  # (rows, in, out)
+            results.append((entry.in_ids[0], src, row, _rowwise_matmul(jac, row, mats), n_rows))
         else:
             raise ExplanationError(
                 f"walks: module {entry.name!r} ({type(module).__name__}) inside an interaction block is not supported"
@@ -136,12 +189,7 @@ def _replay_block(
             "walks: relevance did not reach the block input (an operation that is not a module?)"
         )
     parts = states.pop(block_in)
-    src, dst, mats = _coalesce(
-        torch.cat([p[0] for p in parts]),
-        torch.cat([p[1] for p in parts]),
-        torch.cat([p[2] for p in parts]),
-        n,
-    )
+    src, dst, mats = _coalesce(parts, n)
     return Transfer(src, dst, mats)
 
 
@@ -175,14 +223,12 @@ def transfer_matrices(model, batch: AtomsBatch, rule: str = "lrp-gamma", **param
                 h.remove()
         leaf = state.leaves[0]
         top, grad0 = torch.autograd.grad(energy, [keep[-1], leaf], grad_outputs=energy.detach())
-    dtype = top.dtype
-    with torch.no_grad():  # the recorded inputs are marked as carrying relevance; no graph is needed here
-        transfers = [_replay_block(tape[s:e], i, o, batch, dtype) for s, e, i, o in marks]
     if marks and marks[0][2] != id(leaf):
         raise ExplanationError("walks: the first interaction block does not take the embedding as its input")
     unexplained = sum(state.absorbed.values(), torch.zeros_like(energy))
+    blocks = [(tape[s:e], i, o) for s, e, i, o in marks]
     return WalkModel(
-        batch, energy.detach(), top.detach(), transfers, grad0.sum(1).detach(), unexplained.detach()
+        batch, energy.detach(), top.detach(), grad0.sum(1).detach(), unexplained.detach(), blocks
     )
 
 
@@ -193,7 +239,8 @@ def walk_counts(wm: WalkModel) -> int:
     """Number of walks, by dynamic programming on counts (nothing is enumerated)."""
     n = wm.batch.numbers.shape[0]
     count = torch.ones(n, dtype=torch.float64)
-    for tr in reversed(wm.transfers):
+    for t in reversed(range(wm.n_blocks)):
+        tr = wm.structure(t)
         count = torch.zeros(n, dtype=torch.float64).index_add_(0, tr.dst, count[tr.src])
     return int(count.sum().item())
 
@@ -208,12 +255,22 @@ def _grouped(index: torch.Tensor, n: int):
     return slot, sizes, int(sizes.max().item()) if sizes.numel() else 0
 
 
+def _columns(index: torch.Tensor, vectors: torch.Tensor, n: int):
+    """Vectors (m, F) laid out as columns per atom ``index``: (n, F, K) with K the largest group, and each
+    vector's column."""
+    slot, _, k_max = _grouped(index, n)
+    cols = vectors.new_zeros(n, max(k_max, 1), vectors.shape[1]).index_put_((index, slot), vectors)
+    return cols.transpose(1, 2), slot
+
+
 def enumerate_walks(wm: WalkModel, max_memory_gb: float = MAX_MEMORY_GB) -> tuple[torch.Tensor, torch.Tensor]:
-    """All walks (W, T+1) (atom indices, i₀ first) and their relevances (W,), by DP over shared suffixes."""
+    """All walks (W, T+1) (atom indices, i₀ first) and their relevances (W,), by DP over shared suffixes:
+    the suffix vectors at each head atom go through a block together (as columns); past F columns the block's
+    full matrices are cheaper and used instead."""
     n = wm.batch.numbers.shape[0]
     n_walks = walk_counts(wm)
     feats = wm.top.shape[1]
-    need = n_walks * (8 * (len(wm.transfers) + 2)) + 3 * n_walks * 8
+    need = n_walks * (8 * (wm.n_blocks + 2)) + 3 * n_walks * 8
     if need > max_memory_gb * 2**30:
         raise ExplanationError(
             f"{n_walks:,} walks need about {need / 2**30:.1f} GB (> {max_memory_gb} GB): use top_k=K, "
@@ -222,34 +279,27 @@ def enumerate_walks(wm: WalkModel, max_memory_gb: float = MAX_MEMORY_GB) -> tupl
     heads = torch.arange(n)
     walks = heads[:, None]
     vectors = wm.top  # suffix vectors at their head atom
-    for level, tr in enumerate(reversed(wm.transfers)):
-        last = level == len(wm.transfers) - 1
-        e_slot, e_sizes, e_max = _grouped(tr.src, n)
-        s_slot, s_sizes, s_max = _grouped(heads, n)
-        if last:  # only 1ᵀ M is needed: scalars
-            u = torch.zeros(n, e_max, feats, dtype=vectors.dtype).index_put_(
-                (tr.src, e_slot), tr.matrices.sum(1)
-            )
+    for t in reversed(range(wm.n_blocks)):
+        last = t == 0
+        cols, slot = _columns(heads, vectors, n)
+        if cols.shape[2] <= feats:
+            tr = wm.apply(t, cols)  # (E, F, K): M_e @ (suffix vectors at src_e)
+            src, dst, out = tr.src, tr.dst, tr.matrices
+            if last:
+                out = out.sum(1)  # 1ᵀ M_e v
         else:
-            u = torch.zeros(n, e_max, feats, feats, dtype=vectors.dtype).index_put_(
-                (tr.src, e_slot), tr.matrices
-            )
-        v = torch.zeros(n, s_max, feats, dtype=vectors.dtype).index_put_((heads, s_slot), vectors)
-        prod = torch.einsum("bef,bsf->bes", u, v) if last else torch.einsum("befg,bsg->besf", u, v)
-        # valid (entry, suffix) combinations: entry e of source b with suffix s of head b
-        e_of = torch.full((n, max(e_max, 1)), -1, dtype=torch.long).index_put_(
-            (tr.src, e_slot), torch.arange(tr.src.numel())
-        )
-        s_of = torch.full((n, max(s_max, 1)), -1, dtype=torch.long).index_put_(
-            (heads, s_slot), torch.arange(heads.numel())
-        )
-        valid = (e_of[:, :, None] >= 0) & (s_of[:, None, :] >= 0)
-        b_idx, e_pos, s_pos = torch.nonzero(valid, as_tuple=True)
-        e_idx, s_idx = e_of[b_idx, e_pos], s_of[b_idx, s_pos]
-        heads = tr.dst[e_idx]
+            tr = wm.transfer(t)
+            src, dst = tr.src, tr.dst
+            e_slot, _, e_max = _grouped(src, n)
+            if last:
+                u = tr.matrices.new_zeros(n, e_max, feats).index_put_((src, e_slot), tr.matrices.sum(1))
+                out = torch.bmm(u, cols)[src, e_slot]  # (E, K)
+            else:
+                out = torch.bmm(tr.matrices, cols[src])
+        e_idx, s_idx = _expand(heads, src, n)  # entry e with every suffix whose head is its source
+        vectors = out[e_idx, slot[s_idx]] if last else out[e_idx, :, slot[s_idx]]
+        heads = dst[e_idx]
         walks = torch.cat([heads[:, None], walks[s_idx]], dim=1)
-        vectors = prod[b_idx, e_pos, s_pos]
-        del prod, u, v
     return walks, vectors
 
 
@@ -274,19 +324,21 @@ def restricted_relevance(
 
     ``members`` (m,) atom indices and ``set_of`` (m,) the set each belongs to (an atom may be in several sets,
     once per set). The chain v_{t−1}[c] = Σ_{b in the set} M_t[c←b] v_t[b] runs on every set at once, from
-    v_T = R^T restricted to the set; returns Σ over the set of 1ᵀ v_0, (n_sets,).
+    v_T = R^T restricted to the set (each atom's memberships go through a block together, as columns);
+    returns Σ over the set of 1ᵀ v_0, (n_sets,).
     """
     n = wm.batch.numbers.shape[0]
     keys_sorted, key_order = torch.sort(set_of * n + members)
     v = wm.top[members]  # (m, F)
-    for tr in reversed(wm.transfers):
+    for t in reversed(range(wm.n_blocks)):
+        cols, slot = _columns(members, v, n)
+        tr = wm.apply(t, cols)
         e, k = _expand(members, tr.src, n)  # entry e leaves atom members[k]
         target = set_of[k] * n + tr.dst[e]  # ... towards (same set, atom dst[e])
         pos = torch.searchsorted(keys_sorted, target).clamp(max=keys_sorted.numel() - 1)
         inside = keys_sorted[pos] == target
         e, k, kd = e[inside], k[inside], key_order[pos[inside]]
-        new = torch.bmm(tr.matrices[e], v[k][:, :, None])[:, :, 0]
-        v = torch.zeros_like(v).index_add_(0, kd, new)
+        v = torch.zeros_like(v).index_add_(0, kd, tr.matrices[e, :, slot[k]])
     return torch.zeros(n_sets, dtype=v.dtype).index_add_(0, set_of, v.sum(1))
 
 
@@ -298,7 +350,7 @@ def _prefixes(wm: WalkModel, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     n, feats = wm.batch.numbers.shape[0], wm.top.shape[1]
     walks = torch.arange(n)[:, None]
     vecs = torch.ones(n, feats, dtype=wm.top.dtype)
-    for tr in wm.transfers[:m]:
+    for tr in (wm.transfer(t) for t in range(m)):
         p, e = _expand(tr.dst, walks[:, -1], n)  # prefix p ends at atom dst[e]; continue to src[e]
         vecs = torch.bmm(vecs[p][:, None, :], tr.matrices[e])[:, 0, :]
         walks = torch.cat([walks[p], tr.src[e][:, None]], dim=1)
@@ -319,7 +371,7 @@ def _prefix_bounds(wm: WalkModel, m: int, prefix_walks, prefix_vecs) -> list[tor
     norms = torch.linalg.vector_norm(prefix_vecs, dim=1)
     bound = torch.zeros(n, dtype=norms.dtype).scatter_reduce_(0, prefix_walks[:, -1], norms, "amax")
     bounds = [None] * m + [bound]
-    for tr in wm.transfers[m:]:
+    for tr in (wm.transfer(t) for t in range(m, wm.n_blocks)):
         op = torch.linalg.matrix_norm(tr.matrices, ord=2)
         bound = torch.zeros(n, dtype=norms.dtype).scatter_reduce_(0, tr.src, bound[tr.dst] * op, "amax")
         bounds.append(bound)
@@ -334,7 +386,7 @@ def top_walks(wm: WalkModel, k: int, max_memory_gb: float = MAX_MEMORY_GB, beam:
     lower bound of the answer; then every suffix whose Cauchy–Schwarz bound ‖q‖ · max‖p‖ (max over the
     prefixes that can precede it) is below θ is dropped, and the survivors meet the prefixes exactly.
     """
-    n, T = wm.batch.numbers.shape[0], len(wm.transfers)
+    n, T = wm.batch.numbers.shape[0], wm.n_blocks
     budget = max_memory_gb * 2**30
     feats = wm.top.shape[1]
     m = 0
@@ -346,7 +398,7 @@ def top_walks(wm: WalkModel, k: int, max_memory_gb: float = MAX_MEMORY_GB, beam:
     def suffixes(theta: float | None):
         heads, walks, vecs = torch.arange(n), torch.arange(n)[:, None], wm.top
         for tau in range(T, m, -1):
-            heads, walks, vecs = _suffix_step(wm.transfers[tau - 1], heads, walks, vecs, n)
+            heads, walks, vecs = _suffix_step(wm.transfer(tau - 1), heads, walks, vecs, n)
             score = torch.linalg.vector_norm(vecs, dim=1) * bounds[tau - 1][heads]
             if theta is None:  # beam: the most promising suffixes only
                 keep = torch.topk(score, min(beam, score.numel())).indices
@@ -384,7 +436,7 @@ def walk_prefix_count(wm: WalkModel, m: int) -> int:
     """Number of prefixes i₀ … i_m (walks through the first m blocks)."""
     n = wm.batch.numbers.shape[0]
     count = torch.ones(n, dtype=torch.float64)
-    for tr in wm.transfers[:m]:
+    for tr in (wm.structure(t) for t in range(m)):
         count = torch.zeros(n, dtype=torch.float64).index_add_(0, tr.src, count[tr.dst])
     return int(count.sum().item())
 
@@ -500,12 +552,12 @@ def _pairs_from(wm: WalkModel) -> np.ndarray:
     atoms = torch.arange(n)
     single = restricted_relevance(wm, atoms, atoms, n)
     # neighbour pairs i < j (only they can hold walks visiting exactly {i, j})
-    tr = wm.transfers[0]
+    tr = wm.structure(0)
     pairs = torch.unique(
         torch.stack([torch.minimum(tr.src, tr.dst), torch.maximum(tr.src, tr.dst)], 1), dim=0
     )
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    for t in wm.transfers[1:]:
+    for t in (wm.structure(k) for k in range(1, wm.n_blocks)):
         more = torch.stack([torch.minimum(t.src, t.dst), torch.maximum(t.src, t.dst)], 1)
         pairs = torch.unique(torch.cat([pairs, more[more[:, 0] != more[:, 1]]]), dim=0)
     out = np.diag(single.double().numpy())
