@@ -92,7 +92,9 @@ def main(argv=None) -> int:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| molecule | walks (3 blocks) | all walks | reference, all walks (scaled) | speed-up | pairs, 3 / 6 blocks | top-100, 6 blocks |")
+    print(
+        "\n| molecule | walks (3 blocks) | all walks | reference, all walks (scaled) | speed-up | pairs, 3 / 6 blocks | top-100, 6 blocks |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -442,3 +442,18 @@ def test_rules_follow_weights_changed_in_place(pot):
     fresh = create_analyzer("lrp-gamma", __import__("copy").deepcopy(pot)).analyze(atoms)[0].relevance
     np.testing.assert_allclose(after, fresh, rtol=1e-12)
     assert not np.allclose(after, before)
+
+
+@pytest.mark.parametrize("rule", [Epsilon(0.0), Epsilon(0.3), Gamma(0.25), AlphaBeta(2, 1), ZPlus()])
+def test_rule_jacobian_equals_the_rule_on_a_basis(rule):
+    """The closed-form per-row Jacobians (used by walks) against the rule applied to every basis vector."""
+    from atomnet.explain.walks import basis_jacobian
+
+    torch.manual_seed(4)
+    layer = nn.Linear(6, 5).double()
+    x = torch.randn(9, 6, dtype=torch.float64)
+    with torch.no_grad():
+        z = layer(x)
+        torch.testing.assert_close(
+            rule.jacobian(layer, (x,), z), basis_jacobian(rule, layer, (x,), z), rtol=1e-12, atol=1e-14
+        )

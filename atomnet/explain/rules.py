@@ -74,6 +74,14 @@ class Epsilon(Rule):
             z = z + self.epsilon * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
         return (x * (safe_divide(r_out, z) @ module.weight),)
 
+    def jacobian(self, module, inputs, output) -> torch.Tensor:
+        """dR_in/dR_out row by row, (rows, in, out): x_j w_kj / (z_k + ε sign z_k)."""
+        (x,) = inputs
+        z = output
+        if self.epsilon:
+            z = z + self.epsilon * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
+        return x[..., :, None] * module.weight.T * safe_divide(torch.ones_like(z), z)[..., None, :]
+
 
 _SPLITS: dict[int, tuple] = {}  # id(weight) → (weakref, version, side, block): reused across analyses
 
@@ -133,6 +141,25 @@ class Gamma(Rule):
         ).chunk(2, -1)
         return (x * (a + bb) + g * (xp * a + xn * bb),)
 
+    def jacobian(self, module, inputs, output) -> torch.Tensor:
+        """dR_in/dR_out row by row, (rows, in, out): (c_jk + γ c^±_jk) / (z_k + γ z^±_k)."""
+        (x,) = inputs
+        b, g = module.bias, self.gamma
+        w = module.weight
+        side, _ = _split_weights(w)
+        xp, xn, z_plus = _positive_part(x, side)
+        z_minus = (output if b is None else output - b) - z_plus
+        if b is not None:
+            z_plus, z_minus = z_plus + _pos(b), z_minus + _neg(b)
+        positive = output >= 0
+        inv = safe_divide(torch.ones_like(output), output + g * torch.where(positive, z_plus, z_minus))
+        wp, wn = _pos(w).T, _neg(w).T  # (in, out)
+        pos = positive[..., None, :]
+        same = torch.where(pos, wp, wn)  # the weights whose contributions have the output's sign, for x ≥ 0
+        other = torch.where(pos, wn, wp)  # ... for x < 0
+        num = x[..., :, None] * w.T + g * (xp[..., :, None] * same + xn[..., :, None] * other)
+        return num * inv[..., None, :]
+
 
 class AlphaBeta(Rule):
     """LRP-αβ (Bach et al. 2015), α − β = 1: R_j = Σ_k (α c⁺_jk / z⁺_k − β c⁻_jk / z⁻_k) · R_k.
@@ -162,6 +189,21 @@ class AlphaBeta(Rule):
         a, bb = (torch.cat([sp, -sn], -1) @ block).chunk(2, -1)
         return (xp * a + xn * bb,)
 
+    def jacobian(self, module, inputs, output) -> torch.Tensor:
+        """dR_in/dR_out row by row, (rows, in, out): α c⁺_jk / z⁺_k − β c⁻_jk / z⁻_k."""
+        (x,) = inputs
+        b, w = module.bias, module.weight
+        side, _ = _split_weights(w)
+        xp, xn, z_plus = _positive_part(x, side)
+        z_minus = (output if b is None else output - b) - z_plus
+        if b is not None:
+            z_plus, z_minus = z_plus + _pos(b), z_minus + _neg(b)
+        wp, wn = _pos(w).T, _neg(w).T
+        xp, xn = xp[..., :, None], xn[..., :, None]
+        ip = self.alpha * safe_divide(torch.ones_like(z_plus), z_plus)[..., None, :]
+        im = self.beta * safe_divide(torch.ones_like(z_minus), z_minus)[..., None, :]
+        return (xp * wp + xn * wn) * ip - (xp * wn + xn * wp) * im
+
 
 class ZPlus(Rule):
     """Deep-Taylor z⁺ rule (Montavon et al. 2017, Pattern Recognition): R_j = Σ_k c⁺_jk / Σ_j c⁺_jk · R_k,
@@ -179,6 +221,15 @@ class ZPlus(Rule):
         xp, xn, z_plus = _positive_part(x, side)
         a, bb = (safe_divide(r_out, z_plus) @ side).chunk(2, -1)
         return (xp * a + xn * bb,)
+
+    def jacobian(self, module, inputs, output) -> torch.Tensor:
+        """dR_in/dR_out row by row, (rows, in, out): c⁺_jk / Σ_j c⁺_jk."""
+        (x,) = inputs
+        w = module.weight
+        side, _ = _split_weights(w)
+        xp, xn, z_plus = _positive_part(x, side)
+        num = xp[..., :, None] * _pos(w).T + xn[..., :, None] * _neg(w).T
+        return num * safe_divide(torch.ones_like(z_plus), z_plus)[..., None, :]
 
 
 # --- the named operations of atomnet.nn.ops and the output ------------------------------------------

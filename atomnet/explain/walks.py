@@ -122,10 +122,17 @@ def _coalesce(parts: list, n_rows: int):
 
 
 def _dense_jacobian(entry: TapeEntry) -> torch.Tensor:
-    """(rows, in, out): the rule's map R_out → R_in of a dense layer, row by row, from a basis of R_out."""
-    out = entry.output
+    """(rows, in, out): the rule's map R_out → R_in of a dense layer, row by row (the rule's own
+    ``jacobian`` where it has one, else the rule applied to a basis of R_out)."""
+    if hasattr(entry.rule, "jacobian"):
+        return entry.rule.jacobian(entry.module, entry.inputs, entry.output)
+    return basis_jacobian(entry.rule, entry.module, entry.inputs, entry.output)
+
+
+def basis_jacobian(rule, module, inputs, out: torch.Tensor) -> torch.Tensor:
+    """(rows, in, out): ``rule.relevance`` applied to every basis vector of R_out at once."""
     basis = torch.eye(out.shape[-1], dtype=out.dtype, device=out.device)[:, None, :].expand(-1, *out.shape)
-    (r_in,) = entry.rule.relevance(entry.module, entry.inputs, out, basis)
+    (r_in,) = rule.relevance(module, inputs, out, basis)
     return r_in.permute(1, 2, 0)
 
 
