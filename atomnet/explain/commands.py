@@ -43,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--list-methods", action="store_true", help="print the methods and their parameters")
+    parser.add_argument(
+        "--walks",
+        action="store_true",
+        help="relevant walks (GNN-LRP) of one structure under the LRP --method",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="with --walks: only the K most relevant walks"
+    )
+    parser.add_argument("--draw-walks", type=int, default=20, help="with --walks: walks drawn in the PNG")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -111,6 +120,44 @@ def read_structures(
     return structures
 
 
+def run_walks(args, analyzer, structures, indices) -> int:
+    """``--walks``: walks (all or top-K), pair relevance and body orders of one structure → JSON and PNG."""
+    from atomnet.explain.walks import _explanation, _pairs_from, body_orders, transfer_matrices
+
+    if len(indices) != 1:
+        raise ExplanationError(f"--walks explains one structure; pick it with --index (got {len(indices)})")
+    from atomnet.explain.analyzer import as_batch
+
+    batch = as_batch(structures[indices[0]], analyzer.potential)
+    rule = analyzer.method.name
+    wm = transfer_matrices(analyzer.potential.model, batch, rule, **analyzer.params)
+    e = _explanation(wm, rule, analyzer.params, args.top_k, 2.0)
+    pairs = _pairs_from(wm)
+    orders = body_orders(e.walks, e.relevance, e.walks.shape[1]) if e.complete else None
+    e.extra = {"index": indices[0], "pair_relevance": pairs}
+    if orders is not None:
+        e.extra["body_order_relevance"] = orders
+    kind = "walks" if e.complete else f"top-{args.top_k} walks"
+    print(
+        f"molecule {indices[0]}: E = {e.energy:.4f} eV, {len(e.relevance):,} {kind}, Σ = {e.relevance.sum():.4f} eV"
+    )
+    if orders is not None:
+        print("body orders (eV): " + ", ".join(f"{k + 1}-body {v:.4f}" for k, v in enumerate(orders)))
+    written = []
+    if args.json:
+        with atomic_output(args.json, ".json") as tmp:
+            tmp.write_text(e.to_json())
+        written.append(args.json)
+    if args.png:
+        from atomnet.explain.plots import plot_walks
+
+        plot_walks(e, pairs, orders, args.png, top=args.draw_walks)
+        written.append(args.png)
+    if written:
+        print(f"wrote {', '.join(written)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -138,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     structures = read_structures(args.structures, args.format, not args.no_progress, args.limit)
     indices = parse_index(args.index, len(structures), args.structures)
+    if args.walks:
+        return run_walks(args, analyzers[0], structures, indices)
     chosen = [structures[i] for i in indices]
     results = {
         a.method.name: analyze_many(a, chosen, args.batch_size, progress=not args.no_progress)

@@ -125,3 +125,83 @@ def plot_comparison(
             _colorbar(fig, ax, norm, f"relevance ({e.units})")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _labels(numbers) -> list[str]:
+    from ase.data import chemical_symbols
+
+    return [f"{chemical_symbols[z]}{k}" for k, z in enumerate(numbers)]
+
+
+def plot_walks(
+    explanation,
+    pairs: np.ndarray,
+    orders: np.ndarray | None,
+    path: str | os.PathLike,
+    top: int = 20,
+) -> Path:
+    """Three panels: the molecule with the ``top`` most relevant walks as arrows (colour = relevance on a
+    zero-centred scale, width ∝ |relevance|; atoms coloured by their LRP relevance), the pair-relevance heat
+    map (atoms labelled by element and index) and the relevance per body order."""
+    import matplotlib.pyplot as plt
+
+    e = explanation
+    order = np.argsort(-np.abs(e.relevance))[:top]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [1.3, 1.1, 0.8]})
+    ax = axes[0]
+    atom_norm = symmetric_norm(e.atom_relevance)
+    xy = draw_molecule(ax, e.numbers, e.positions, e.atom_relevance, atom_norm, labels=True)
+    walk_norm = symmetric_norm(e.relevance[order])
+    cmap = plt.get_cmap(CMAP)
+    biggest = float(np.abs(e.relevance[order]).max()) if len(order) else 1.0
+    rng = np.random.default_rng(0)
+    for k in order[::-1]:  # most relevant drawn last (on top)
+        w, r = e.walks[k], e.relevance[k]
+        jitter = rng.normal(scale=0.06 * np.ptp(xy) / max(len(xy), 1) ** 0.5, size=2)
+        for a, b in zip(w[:-1], w[1:], strict=True):
+            if a == b:
+                continue
+            ax.annotate(
+                "",
+                xy=xy[b] + jitter,
+                xytext=xy[a] + jitter,
+                arrowprops=dict(
+                    arrowstyle="-|>",
+                    color=cmap(walk_norm(r)),
+                    lw=0.5 + 3.0 * abs(r) / (biggest or 1.0),
+                    shrinkA=6,
+                    shrinkB=6,
+                    connectionstyle="arc3,rad=0.15",
+                    alpha=0.9,
+                ),
+                zorder=3,
+            )
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=walk_norm, cmap=cmap), ax=ax, shrink=0.7, label="walk relevance (eV)")
+    kind = "all" if e.complete else "top"
+    ax.set_title(
+        f"{len(order)} most relevant walks ({kind} {len(e.relevance):,} listed)\nE = {e.energy:.3f} eV, {e.rule}",
+        fontsize=9,
+    )
+    ax = axes[1]
+    norm = symmetric_norm(pairs)
+    im = ax.imshow(pairs, cmap=CMAP, norm=norm)
+    labels = _labels(e.numbers)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_title("pair relevance: walks visiting exactly {i, j} (diagonal: {i})", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.7, label="eV")
+    ax = axes[2]
+    if orders is not None:
+        ks = np.arange(1, len(orders) + 1)
+        ax.bar(ks, orders, color=[cmap(symmetric_norm(orders)(v)) for v in orders], edgecolor="k")
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xticks(ks, [f"{k}-body" for k in ks])
+        ax.set_ylabel("relevance (eV)")
+        ax.set_title("relevance by number of distinct atoms visited", fontsize=9)
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "body orders need the full walk list\n(not with --top-k)", ha="center", va="center")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -358,28 +358,32 @@ def _prefixes(wm: WalkModel, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     walks = torch.arange(n)[:, None]
     vecs = torch.ones(n, feats, dtype=wm.top.dtype)
     for tr in (wm.transfer(t) for t in range(m)):
-        p, e = _expand(tr.dst, walks[:, -1], n)  # prefix p ends at atom dst[e]; continue to src[e]
-        vecs = torch.bmm(vecs[p][:, None, :], tr.matrices[e])[:, 0, :]
+        cols, slot = _columns(walks[:, -1], vecs, n)  # (n, F, S): the prefixes ending at each atom
+        out = torch.bmm(cols[tr.dst].transpose(1, 2), tr.matrices)  # (E, S, F): p · M_e
+        e, p = _expand(walks[:, -1], tr.dst, n)  # entry e continues every prefix p ending at dst[e]
+        vecs = out[e, slot[p]]
         walks = torch.cat([walks[p], tr.src[e][:, None]], dim=1)
     return walks, vecs
 
 
 def _suffix_step(tr: Transfer, heads, walks, vecs, n):
     """Suffixes one block further down: (new heads, walks, vectors) for every entry leaving each head."""
+    cols, slot = _columns(heads, vecs, n)  # (n, F, S): the suffix vectors at each head atom
+    out = torch.bmm(tr.matrices, cols[tr.src])  # (E, F, S): M_e @ v
     s, e = _expand(tr.src, heads, n)
-    vecs = torch.bmm(tr.matrices[e], vecs[s][:, :, None])[:, :, 0]
-    return tr.dst[e], torch.cat([tr.dst[e][:, None], walks[s]], dim=1), vecs
+    return tr.dst[e], torch.cat([tr.dst[e][:, None], walks[s]], dim=1), out[e, :, slot[s]]
 
 
 def _prefix_bounds(wm: WalkModel, m: int, prefix_walks, prefix_vecs) -> list[torch.Tensor]:
     """bound[τ][a] ≥ ‖p‖ for every prefix ending at atom a at level τ ≥ m: exact at m, then
-    max_c bound[τ−1][c] · ‖M_τ[c←a]‖₂ (operator norms)."""
+    max_c bound[τ−1][c] · √(‖M_τ[c←a]‖₁ ‖M_τ[c←a]‖_∞) (≥ the operator norm ‖M‖₂)."""
     n = wm.batch.numbers.shape[0]
     norms = torch.linalg.vector_norm(prefix_vecs, dim=1)
     bound = torch.zeros(n, dtype=norms.dtype).scatter_reduce_(0, prefix_walks[:, -1], norms, "amax")
     bounds = [None] * m + [bound]
     for tr in (wm.transfer(t) for t in range(m, wm.n_blocks)):
-        op = torch.linalg.matrix_norm(tr.matrices, ord=2)
+        a = tr.matrices.abs()  # ‖M‖₂ ≤ √(‖M‖₁ ‖M‖_∞): an upper bound without an SVD
+        op = (a.sum(1).amax(1) * a.sum(2).amax(1)).sqrt()
         bound = torch.zeros(n, dtype=norms.dtype).scatter_reduce_(0, tr.src, bound[tr.dst] * op, "amax")
         bounds.append(bound)
     return bounds
@@ -421,18 +425,28 @@ def top_walks(wm: WalkModel, k: int, max_memory_gb: float = MAX_MEMORY_GB, beam:
 
     def meet(heads, walks, vecs):
         # every (prefix ending at a, suffix starting at a): relevance p · q, keep the k largest |.|
-        p_idx, s_idx = _expand(heads, pw[:, -1], n)
-        best_w, best_r = [], []
-        chunk = max(1, int(2**27 // max(feats, 1)))
-        for start in range(0, p_idx.numel(), chunk):
-            pi, si = p_idx[start : start + chunk], s_idx[start : start + chunk]
-            rel = (pv[pi] * vecs[si]).sum(1)
-            top = torch.topk(rel.abs(), min(k, rel.numel())).indices
-            best_w.append(torch.cat([pw[pi[top]], walks[si[top]][:, 1:]], dim=1))
-            best_r.append(rel[top])
-        w, r = torch.cat(best_w), torch.cat(best_r)
+        p_cols, p_slot = _columns(pw[:, -1], pv, n)  # (n, F, P)
+        q_cols, q_slot = _columns(heads, vecs, n)  # (n, F, Q)
+        p_of = torch.full((n, p_cols.shape[2]), -1, dtype=torch.long).index_put_(
+            (pw[:, -1], p_slot), torch.arange(len(pw))
+        )
+        q_of = torch.full((n, q_cols.shape[2]), -1, dtype=torch.long).index_put_(
+            (heads, q_slot), torch.arange(len(heads))
+        )
+        best_r, best_p, best_q = [], [], []
+        rows = max(1, int(2**25 // max(n * q_cols.shape[2], 1)))  # bound the (n, rows, Q) block
+        for start in range(0, p_cols.shape[2], rows):
+            rel = torch.bmm(p_cols[:, :, start : start + rows].transpose(1, 2), q_cols)  # (n, rows, Q)
+            valid = (p_of[:, start : start + rows, None] >= 0) & (q_of[:, None, :] >= 0)
+            score = torch.where(valid, rel.abs(), torch.full_like(rel, -1.0)).flatten()
+            top = torch.topk(score, min(k, int(valid.sum()))).indices
+            a, pr, qr = torch.unravel_index(top, rel.shape)
+            best_r.append(rel[a, pr, qr])
+            best_p.append(p_of[a, start + pr])
+            best_q.append(q_of[a, qr])
+        r, pi, qi = torch.cat(best_r), torch.cat(best_p), torch.cat(best_q)
         top = torch.topk(r.abs(), min(k, r.numel())).indices
-        return w[top], r[top]
+        return torch.cat([pw[pi[top]], walks[qi[top]][:, 1:]], dim=1), r[top]
 
     _, r0 = meet(*suffixes(None))
     theta = float(r0.abs().min()) if r0.numel() >= k else 0.0
