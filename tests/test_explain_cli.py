@@ -102,3 +102,32 @@ def test_bad_files(model_file, tmp_path, capsys):
     assert main(["explain", model_file, str(nan), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
+
+
+def test_walks_json_and_png(model_file, xyz, tmp_path):
+    from atomnet.explain import pair_relevance, walks
+
+    out_json, out_png = tmp_path / "w.json", tmp_path / "w.png"
+    rc = main(["explain", model_file, xyz, "--walks", "--index", "2", "--method", "lrp-epsilon",
+               "--json", str(out_json), "--png", str(out_png), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    rec = json.loads(out_json.read_text())
+    water = molecule("H2O")
+    e = walks(model_file, water, rule="lrp-epsilon")
+    assert rec["walks"] == e.walks.tolist() and rec["rule"] == "lrp-epsilon"
+    np.testing.assert_allclose(rec["relevance"], e.relevance, rtol=1e-9)
+    np.testing.assert_allclose(
+        rec["pair_relevance"], pair_relevance(model_file, water, "lrp-epsilon"), rtol=1e-9
+    )
+    np.testing.assert_allclose(sum(rec["body_order_relevance"]), e.relevance.sum(), rtol=1e-9)
+    assert out_png.stat().st_size > 10_000
+    # top-k: no body orders, K walks
+    assert main(["explain", model_file, xyz, "--walks", "--top-k", "5", "--index", "0",
+                 "--json", str(out_json), "--png", str(out_png), "--no-progress"]) == 0  # fmt: skip
+    rec = json.loads(out_json.read_text())
+    assert len(rec["walks"]) == 5 and not rec["complete"] and "body_order_relevance" not in rec
+
+
+def test_walks_needs_one_structure(model_file, xyz, capsys):
+    assert main(["explain", model_file, xyz, "--walks", "--no-progress"]) == 2
+    assert "--walks explains one structure" in capsys.readouterr().err
