@@ -131,3 +131,18 @@ def test_walks_json_and_png(model_file, xyz, tmp_path):
 def test_walks_needs_one_structure(model_file, xyz, capsys):
     assert main(["explain", model_file, xyz, "--walks", "--no-progress"]) == 2
     assert "--walks explains one structure" in capsys.readouterr().err
+
+
+def test_hdf5_store(model_file, xyz, tmp_path):
+    """An atomnet HDF5 store explains like the raw file it was converted from."""
+    from atomnet.data.ase_io import read_ase
+    from atomnet.data.store import write_store
+
+    store = write_store(read_ase(xyz), tmp_path / "mols.h5", progress=False)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["explain", model_file, str(store), "--method", "lrp-0", "--json", str(a), "--no-progress"]) == 0
+    assert main(["explain", model_file, xyz, "--method", "lrp-0", "--json", str(b), "--no-progress"]) == 0
+    ra, rb = (json.loads(p.read_text())["molecules"] for p in (a, b))
+    assert len(ra) == 3
+    for x, y in zip(ra, rb, strict=True):  # the store keeps positions in float32
+        np.testing.assert_allclose(x["relevance"], y["relevance"], rtol=1e-6)
