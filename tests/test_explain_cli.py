@@ -140,7 +140,9 @@ def test_hdf5_store(model_file, xyz, tmp_path):
 
     store = write_store(read_ase(xyz), tmp_path / "mols.h5", progress=False)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    assert main(["explain", model_file, str(store), "--method", "lrp-0", "--json", str(a), "--no-progress"]) == 0
+    assert (
+        main(["explain", model_file, str(store), "--method", "lrp-0", "--json", str(a), "--no-progress"]) == 0
+    )
     assert main(["explain", model_file, xyz, "--method", "lrp-0", "--json", str(b), "--no-progress"]) == 0
     ra, rb = (json.loads(p.read_text())["molecules"] for p in (a, b))
     assert len(ra) == 3
