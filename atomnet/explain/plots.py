@@ -205,3 +205,38 @@ def plot_walks(
         ax.text(0.5, 0.5, "body orders need the full walk list\n(not with --top-k)", ha="center", va="center")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_curves(curves: Sequence, path: str | os.PathLike, title: str = "") -> Path:
+    """Mean perturbation curves (Δ learned energy vs fraction of atoms removed) of every method: MoRF solid,
+    LeRF dashed, and the random baseline (grey, of the first method's run)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colours = plt.get_cmap("tab10")
+    for k, c in enumerate(curves):
+        ax.plot(c.fractions, c.morf.mean(0), color=colours(k), lw=2, label=f"{c.method} MoRF")
+        ax.plot(c.fractions, c.lerf.mean(0), color=colours(k), lw=1.2, ls="--", label=f"{c.method} LeRF")
+    if curves:
+        ax.plot(curves[0].fractions, curves[0].random.mean(0), color="0.5", lw=2, label="random order")
+    ax.axhline(0.0, color="k", lw=0.6)
+    ax.set_xlabel("fraction of atoms removed")
+    ax.set_ylabel("drop of the learned energy f(M) − f(M⁽ᵏ⁾) (eV)")
+    ax.set_title(title or f"atom perturbation ({curves[0].perturbation if curves else ''})", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_fidelity(results: dict, path: str | os.PathLike) -> Path:
+    """Scatter of Σ_{i∈S} R_i against the energy drop per method, with the Pearson r in the legend."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.6), squeeze=False)
+    for ax, (method, res) in zip(axes[0], results.items(), strict=True):
+        ax.scatter(res["relevance_sums"], res["energy_drops"], s=6, alpha=0.6)
+        ax.set_title(f"{method}\nPearson r = {res['pearson']:.3f}", fontsize=9)
+        ax.set_xlabel("Σ relevance of S")
+        ax.set_ylabel("f(M) − f(M ∖ S) (eV)")
+    fig.tight_layout()
+    return save_figure(fig, path)
