@@ -148,3 +148,23 @@ def test_hdf5_store(model_file, xyz, tmp_path):
     assert len(ra) == 3
     for x, y in zip(ra, rb, strict=True):  # the store keeps positions in float32
         np.testing.assert_allclose(x["relevance"], y["relevance"], rtol=1e-6)
+
+
+def test_evaluate_statistics_and_probe_map(model_file, xyz, tmp_path):
+    out_json, out_png = tmp_path / "e.json", tmp_path / "e.png"
+    assert main(["explain", model_file, xyz, "--evaluate", "deletion", "--methods", "lrp-gamma,gradient",
+                 "--steps", "4", "--json", str(out_json), "--png", str(out_png), "--no-progress"]) == 0  # fmt: skip
+    rec = json.loads(out_json.read_text())
+    assert set(rec["methods"]) == {"lrp-gamma", "gradient"} and rec["n_molecules"] == 3
+    assert len(rec["methods"]["gradient"]["morf"]) == 5 and out_png.is_file()
+    assert main(["explain", model_file, xyz, "--evaluate", "fidelity", "--methods", "contributions",
+                 "--perturbation", "mask", "--json", str(out_json), "--no-progress"]) == 0  # fmt: skip
+    assert -1 <= json.loads(out_json.read_text())["methods"]["contributions"]["pearson"] <= 1
+    assert main(["explain", model_file, xyz, "--statistics", "--json", str(out_json), "--png", str(out_png),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert json.loads(out_json.read_text())["element"]["H"]["count"] == 6 + 6 + 2
+    assert main(["explain", model_file, xyz, "--probe-map", "C", "--index", "2", "--spacing", "0.5",
+                 "--json", str(out_json), "--png", str(out_png), "--no-progress"]) == 0  # fmt: skip
+    rec = json.loads(out_json.read_text())
+    assert np.asarray(rec["values"]).shape == (len(rec["y"]), len(rec["x"]))
+    assert main(["explain", model_file, xyz, "--probe-map", "Xx", "--index", "2", "--no-progress"]) == 2

@@ -86,3 +86,57 @@ def test_spearman_and_bad_perturbation():
     assert spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1.0)
     with pytest.raises(AtomNetError, match="perturbation must be one of"):
         perturbation_curves(make_potential(4.0), MOLS[:1], [np.zeros(9)], perturbation="blur")
+
+
+def test_environment_labels():
+    from atomnet.explain.views import environments
+
+    ethanol = molecule("CH3CH2OH")
+    labels = environments(ethanol.numbers, ethanol.positions)
+    assert labels.count("C sp3 (4)") == 2 and labels.count("O sp3 (2)") == 1 and labels.count("H (1)") == 6
+    assert environments(molecule("C6H6").numbers, molecule("C6H6").positions).count("C sp2 (3)") == 6
+    hcn = molecule("HCN")
+    assert environments(hcn.numbers, hcn.positions) == ["C sp (2)", "N sp (1)", "H (1)"]
+    nh3 = molecule("NH3")
+    assert environments(nh3.numbers, nh3.positions)[0] == "N sp3 (3)"
+
+
+def test_statistics_group_every_atom():
+    from atomnet.explain.views import relevance_statistics
+
+    pot = make_potential(4.0)
+    ex = create_analyzer("lrp-gamma", pot).analyze(MOLS)
+    stats = relevance_statistics(ex)
+    assert sum(r["count"] for r in stats["element"].values()) == sum(len(a) for a in MOLS)
+    all_c = np.concatenate([e.relevance[e.numbers == 6] for e in ex])
+    np.testing.assert_allclose(stats["element"]["C"]["mean"], all_c.mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["schnet", "dtnn"])
+def test_probe_map_equals_the_probe_in_the_structure_for_one_block(name):
+    """With one interaction block the probe's energy depends only on the embeddings around it, so the
+    one-directional map equals the probe's learned energy in the ordinary structure molecule + probe; the
+    molecule itself is unchanged by the probes and a probe beyond the cutoff has its isolated-atom value."""
+    from ase import Atoms
+
+    from atomnet.explain.views import probe_map
+
+    torch.manual_seed(0)
+    small = dict(n_atom_basis=8, n_interactions=1, cutoff=3.0, max_z=20)
+    small.update(n_filters=8, n_rbf=10) if name == "schnet" else small.update(
+        n_factors=8, rbf_spacing=0.25, n_hidden=4
+    )
+    model = build_model(name, **small)
+    model.set_statistics(-0.3, 2.0, atomref=np.linspace(0, -1.9, 20))
+    pot = Potential(model).double().eval()
+    water = molecule("H2O")
+    xs, ys, values, planar, numbers = probe_map(pot, water, probe=6, spacing=0.7, margin=3.5)
+    contributions = create_analyzer("contributions", pot)
+    for iy, ix in [(0, 0), (len(ys) // 2, len(xs) // 2), (2, len(xs) - 3)]:
+        structure = Atoms(numbers=list(numbers) + [6], positions=np.vstack([planar, [xs[ix], ys[iy], 0.0]]))
+        [e] = contributions.analyze(structure)
+        np.testing.assert_allclose(values[iy, ix], e.relevance[-1], rtol=1e-9, atol=1e-12)
+    [lone] = contributions.analyze(Atoms("C"))
+    corner = values[0, 0]
+    if np.min(np.linalg.norm(planar[:, :2] - [xs[0], ys[0]], axis=1)) > 3.0:
+        np.testing.assert_allclose(corner, lone.relevance[0], rtol=1e-12)

@@ -65,6 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--perturbation", choices=("delete", "mask"), default="delete", help="with --evaluate"
     )
     parser.add_argument("--steps", type=int, default=10, help="with --evaluate deletion: fractions of atoms")
+    parser.add_argument(
+        "--statistics", action="store_true", help="relevance by element and environment over the molecules"
+    )
+    parser.add_argument(
+        "--probe-map",
+        default=None,
+        metavar="ELEMENT",
+        help="local chemical potential map of a probe (e.g. C)",
+    )
+    parser.add_argument("--spacing", type=float, default=0.1, help="with --probe-map: grid spacing, Å")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -171,6 +181,81 @@ def run_walks(args, analyzer, structures, indices) -> int:
     return 0
 
 
+def write_statistics(args, explanations) -> int:
+    """``--statistics``: relevance per element and environment → table (stdout), JSON, box plot."""
+    from atomnet.explain.views import plot_statistics, relevance_statistics
+
+    stats = relevance_statistics(explanations)
+    unit = explanations[0].units
+    print(
+        f"{'group':18s} {'n':>6s} {'mean':>9s} {'std':>9s} {'median':>9s}   ({explanations[0].method}, {unit})"
+    )
+    for kind in ("element", "environment"):
+        for name, row in stats[kind].items():
+            print(f"{name:18s} {row['count']:6d} {row['mean']:+9.4f} {row['std']:9.4f} {row['median']:+9.4f}")
+    written = []
+    if args.json:
+        plain = {
+            k: {n: {a: b for a, b in r.items() if a != "values"} for n, r in v.items()}
+            for k, v in stats.items()
+        }
+        with atomic_output(args.json, ".json") as tmp:
+            tmp.write_text(json.dumps({"method": explanations[0].method, "units": unit, **plain}, indent=1))
+        written.append(args.json)
+    if args.png:
+        plot_statistics(
+            stats, args.png, unit, f"{args.model}, {explanations[0].method}, {len(explanations)} molecules"
+        )
+        written.append(args.png)
+    if written:
+        print(f"wrote {', '.join(written)}")
+    return 0
+
+
+def run_probe_map(args, structures, indices, dtype) -> int:
+    """``--probe-map ELEMENT``: Ω(r) of one structure on a grid in its plane → PNG (and JSON)."""
+    from ase.data import atomic_numbers
+
+    from atomnet.explain.analyzer import as_potential
+    from atomnet.explain.views import plot_probe_map, probe_map
+
+    if len(indices) != 1:
+        raise ExplanationError(f"--probe-map draws one structure; pick it with --index (got {len(indices)})")
+    probe = atomic_numbers.get(args.probe_map) or (int(args.probe_map) if args.probe_map.isdigit() else None)
+    if not probe:
+        raise ExplanationError(f"--probe-map {args.probe_map!r}: not an element symbol or atomic number")
+    if not args.spacing > 0:
+        raise ExplanationError(f"--spacing must be > 0 Å, got {args.spacing}")
+    xs, ys, values, planar, numbers = probe_map(
+        as_potential(args.model, dtype), structures[indices[0]], probe, args.spacing
+    )
+    print(
+        f"molecule {indices[0]}: probe {args.probe_map} on {values.size} points, {values.min():.3f} … {values.max():.3f} eV"
+    )
+    written = []
+    if args.json:
+        record = {"probe": probe, "x": xs.tolist(), "y": ys.tolist(), "values": values.tolist(),
+                  "positions": planar.tolist(), "numbers": numbers.tolist()}  # fmt: skip
+        with atomic_output(args.json, ".json") as tmp:
+            tmp.write_text(json.dumps(record))
+        written.append(args.json)
+    if args.png:
+        plot_probe_map(
+            xs,
+            ys,
+            values,
+            planar,
+            numbers,
+            args.png,
+            probe,
+            f"{args.model}: {args.probe_map} probe, molecule {indices[0]}",
+        )
+        written.append(args.png)
+    if written:
+        print(f"wrote {', '.join(written)}")
+    return 0
+
+
 def run_evaluate(args, structures, dtype, params) -> int:
     """``--evaluate``: one table of metrics per method (mean ± standard error over molecules) → JSON, PNG."""
     from atomnet.explain.analyzer import analyze_many, as_potential, create_analyzer
@@ -251,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
         return run_walks(args, analyzers[0], structures, indices)
     if args.evaluate:
         return run_evaluate(args, [structures[i] for i in indices], dtype, params)
+    if args.probe_map:
+        return run_probe_map(args, structures, indices, dtype)
     chosen = [structures[i] for i in indices]
     results = {
         a.method.name: analyze_many(a, chosen, args.batch_size, progress=not args.no_progress)
@@ -280,6 +367,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             plot_explanations(results[methods[0]], args.png, indices)
         written.append(args.png)
+    if args.statistics:
+        return write_statistics(args, results[methods[0]])
     first = results[methods[0]]
     for k in range(min(3, len(first))):
         e = first[k]
