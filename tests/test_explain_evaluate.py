@@ -140,3 +140,37 @@ def test_probe_map_equals_the_probe_in_the_structure_for_one_block(name):
     corner = values[0, 0]
     if np.min(np.linalg.norm(planar[:, :2] - [xs[0], ys[0]], axis=1)) > 3.0:
         np.testing.assert_allclose(corner, lone.relevance[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["schnet", "dtnn"])
+def test_input_shifted_copy_is_the_same_function_and_which_methods_notice(name):
+    from atomnet.data import batch_from_atoms
+    from atomnet.explain.evaluate import input_invariance, input_shift_copy
+
+    torch.manual_seed(0)
+    small = dict(n_atom_basis=16, n_interactions=2, cutoff=4.0, max_z=20)
+    small.update(n_filters=16, n_rbf=10) if name == "schnet" else small.update(
+        n_factors=16, rbf_spacing=0.25, n_hidden=8
+    )
+    model = build_model(name, **small)
+    model.set_statistics(-0.3, 2.0, atomref=np.linspace(0, -1.9, 20))
+    pot = Potential(model).double().eval()
+    shifted = input_shift_copy(pot, 0.7)
+    batch = batch_from_atoms(MOLS, cutoff=4.0, dtype=torch.float64)
+    a, b = pot(batch), shifted(batch)
+    torch.testing.assert_close(b["energy"], a["energy"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(b["forces"], a["forces"], rtol=1e-9, atol=1e-10)
+    assert not torch.equal(shifted.model.embedding.weight, pot.model.embedding.weight)
+    rows = {
+        r["method"]: r
+        for r in input_invariance(
+            pot,
+            MOLS,
+            ["contributions", "gradient", "force-norm", "lrp-0", "gradient-x-input", "integrated-gradients"],
+            0.7,
+        )
+    }
+    for m in ("contributions", "gradient", "force-norm"):  # functions of the model's function only
+        assert rows[m]["invariant"], rows[m]
+    for m in ("lrp-0", "gradient-x-input", "integrated-gradients"):  # depend on x⁰ itself / a zero baseline
+        assert not rows[m]["invariant"], rows[m]

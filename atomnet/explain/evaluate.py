@@ -222,3 +222,52 @@ def model_randomisation(potential, atoms_list, method: str, seed: int = 0, **par
         corr = [spearman(r, e.relevance) for r, e in zip(reference, out, strict=True) if len(r) > 2]
         rows.append({"step": name, "spearman": float(np.nanmean(corr)) if corr else float("nan")})
     return rows
+
+
+# --- input invariance (Kindermans et al. 2017, arXiv 1711.00867) ----------------------------------------------
+
+
+def input_shift_copy(potential, shift: float | torch.Tensor = 1.0):
+    """A copy computing the same function with every embedding shifted by a constant vector c.
+
+    x⁰ → x⁰ + c, and the shift is compensated in the next layers' biases: each interaction block's first
+    dense layer of x (SchNet's in2f gets a bias −W c; DTNN's W_cf bias −W_cf c) and the output network's first
+    layer (b − W c). The residual path carries x^t + c through every block, so the function is unchanged.
+    """
+    from torch import nn
+
+    pot = copy.deepcopy(as_potential(potential))
+    model = pot.model
+    feats = model.embedding.weight.shape[1]
+    c = (
+        torch.full((feats,), float(shift), dtype=model.embedding.weight.dtype)
+        if not torch.is_tensor(shift)
+        else shift
+    )
+    with torch.no_grad():
+        model.embedding.weight[1:] += c
+        for block in model.interactions:
+            name = "in2f" if hasattr(block, "in2f") else "cf"
+            old = getattr(block, name)
+            new = nn.Linear(old.in_features, old.out_features, bias=True).to(old.weight.dtype)
+            new.weight.copy_(old.weight)
+            new.bias.copy_((old.bias if old.bias is not None else 0) - old.weight @ c)
+            setattr(block, name, new)
+        first = model.output[0]
+        first.bias -= first.weight @ c
+    return pot
+
+
+def input_invariance(potential, atoms_list, methods: Sequence[str], shift: float = 1.0) -> list[dict]:
+    """For every method: the largest change of relevance between the model and its input-shifted copy,
+    relative to the largest |relevance| (0: invariant), and whether it is below 1e-6."""
+    pot = as_potential(potential)
+    shifted = input_shift_copy(pot, shift)
+    rows = []
+    for m in methods:
+        a = [e.relevance for e in analyze_many(create_analyzer(m, pot), list(atoms_list))]
+        b = [e.relevance for e in analyze_many(create_analyzer(m, shifted), list(atoms_list))]
+        scale = max(float(np.abs(np.concatenate(a)).max()), 1e-30)
+        change = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) / scale
+        rows.append({"method": m, "relative_change": change, "invariant": change < 1e-6})
+    return rows
