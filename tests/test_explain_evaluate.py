@@ -31,6 +31,19 @@ def make_potential(cutoff: float, seed: int = 0) -> Potential:
     return Potential(model).double().eval()
 
 
+def small_potential(name: str, features: int, blocks: int, cutoff: float) -> Potential:
+    """A small SchNet or DTNN (float64) with non-trivial output statistics."""
+    torch.manual_seed(0)
+    hp = dict(n_atom_basis=features, n_interactions=blocks, cutoff=cutoff, max_z=20)
+    if name == "schnet":
+        hp.update(n_filters=features, n_rbf=10)
+    else:
+        hp.update(n_factors=features, rbf_spacing=0.25, n_hidden=features // 2)
+    model = build_model(name, **hp)
+    model.set_statistics(-0.3, 2.0, atomref=np.linspace(0, -1.9, 20))
+    return Potential(model).double().eval()
+
+
 def test_curves_are_exact_for_a_model_without_interactions():
     """Cutoff 0.5 Å: no atom sees another, E = Σ isolated energies, so deleting S lowers f by exactly
     Σ_{i∈S} contribution_i: MoRF is the running sum of the largest contributions, fidelity is 1."""
@@ -121,14 +134,7 @@ def test_probe_map_equals_the_probe_in_the_structure_for_one_block(name):
 
     from atomnet.explain.views import probe_map
 
-    torch.manual_seed(0)
-    small = dict(n_atom_basis=8, n_interactions=1, cutoff=3.0, max_z=20)
-    small.update(n_filters=8, n_rbf=10) if name == "schnet" else small.update(
-        n_factors=8, rbf_spacing=0.25, n_hidden=4
-    )
-    model = build_model(name, **small)
-    model.set_statistics(-0.3, 2.0, atomref=np.linspace(0, -1.9, 20))
-    pot = Potential(model).double().eval()
+    pot = small_potential(name, features=8, blocks=1, cutoff=3.0)
     water = molecule("H2O")
     xs, ys, values, planar, numbers = probe_map(pot, water, probe=6, spacing=0.7, margin=3.5)
     contributions = create_analyzer("contributions", pot)
@@ -147,14 +153,7 @@ def test_input_shifted_copy_is_the_same_function_and_which_methods_notice(name):
     from atomnet.data import batch_from_atoms
     from atomnet.explain.evaluate import input_invariance, input_shift_copy
 
-    torch.manual_seed(0)
-    small = dict(n_atom_basis=16, n_interactions=2, cutoff=4.0, max_z=20)
-    small.update(n_filters=16, n_rbf=10) if name == "schnet" else small.update(
-        n_factors=16, rbf_spacing=0.25, n_hidden=8
-    )
-    model = build_model(name, **small)
-    model.set_statistics(-0.3, 2.0, atomref=np.linspace(0, -1.9, 20))
-    pot = Potential(model).double().eval()
+    pot = small_potential(name, features=16, blocks=2, cutoff=4.0)
     shifted = input_shift_copy(pot, 0.7)
     batch = batch_from_atoms(MOLS, cutoff=4.0, dtype=torch.float64)
     a, b = pot(batch), shifted(batch)

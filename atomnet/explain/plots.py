@@ -78,6 +78,14 @@ def _title(e: Explanation, index: int | None = None) -> str:
     return f"{head}{formula}  E = {e.energy:.3f} eV\n{e.method}"
 
 
+def _panel(fig, ax, e: Explanation, index: int) -> None:
+    """One molecule coloured by its relevance, with title and zero-centred colour bar."""
+    norm = symmetric_norm(e.relevance)
+    draw_molecule(ax, e.numbers, e.positions, e.relevance, norm)
+    ax.set_title(_title(e, index), fontsize=9)
+    _colorbar(fig, ax, norm, f"relevance ({e.units})")
+
+
 def plot_explanations(
     explanations: Sequence[Explanation],
     path: str | os.PathLike,
@@ -98,10 +106,7 @@ def plot_explanations(
     for ax in axes.flat[len(shown) :]:
         ax.set_axis_off()
     for k, (ax, e) in enumerate(zip(axes.flat, shown, strict=False)):
-        norm = symmetric_norm(e.relevance)
-        draw_molecule(ax, e.numbers, e.positions, e.relevance, norm)
-        ax.set_title(_title(e, indices[k]), fontsize=9)
-        _colorbar(fig, ax, norm, f"relevance ({e.units})")
+        _panel(fig, ax, e, indices[k])
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -118,11 +123,7 @@ def plot_comparison(
     indices = list(indices) if indices is not None else list(range(n_rows))
     for r, row in enumerate(rows):
         for c, e in enumerate(row):
-            ax = axes[r, c]
-            norm = symmetric_norm(e.relevance)
-            draw_molecule(ax, e.numbers, e.positions, e.relevance, norm)
-            ax.set_title(_title(e, indices[r]), fontsize=9)
-            _colorbar(fig, ax, norm, f"relevance ({e.units})")
+            _panel(fig, axes[r, c], e, indices[r])
     fig.tight_layout()
     return save_figure(fig, path)
 
