@@ -45,13 +45,15 @@ def load(path: str, n: int):
     return atoms, energy
 
 
-def masks_for(rankings, fraction: float, rng=None):
-    """1 = kept, 0 = masked: the top ceil(fraction · n) atoms of each ranking (or random atoms)."""
+def masks_for(rankings, fraction: float, rng=None, rank: str = "signed"):
+    """1 = kept, 0 = masked: the top ceil(fraction · n) atoms of each ranking — largest signed relevance
+    first (``rank="signed"``, as MoRF) or largest |relevance| first (``"abs"``) — or random atoms."""
     out = []
     for r in rankings:
         n = len(r)
         k = math.ceil(fraction * n)
-        order = rng.permutation(n) if rng is not None else np.argsort(-r, kind="stable")
+        key = np.abs(r) if rank == "abs" else np.asarray(r)
+        order = rng.permutation(n) if rng is not None else np.argsort(-key, kind="stable")
         m = np.ones(n)
         m[order[:k]] = 0.0
         out.append(m)
@@ -129,6 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=120.0, help="training seconds per run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", choices=("signed", "abs"), default="signed", help="atoms ranked by R or by |R|")
     p.add_argument("--out", default="runs/roar")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
         elif method == "random":
             masks = masks_for(rankings[methods[0]], fraction, np.random.default_rng(args.seed + 1))
         else:
-            masks = masks_for(rankings[method], fraction)
+            masks = masks_for(rankings[method], fraction, rank=args.rank)
         results["runs"][key] = {"method": method, "fraction": fraction,
                                 **train_and_test(atoms, energy, masks, train, test, args.budget, args.seed)}  # fmt: skip
         with atomic_output(results_path, ".json") as tmp:

@@ -15,10 +15,11 @@ import torch
 from atomnet.errors import AtomNetError
 from atomnet.files import atomic_output
 from atomnet.models.base import AtomisticModel
+from atomnet.models.cmnet import CMNet
 from atomnet.models.dtnn import DTNN
 from atomnet.models.schnet import SchNet
 
-MODELS: dict[str, type[AtomisticModel]] = {"schnet": SchNet, "dtnn": DTNN}
+MODELS: dict[str, type[AtomisticModel]] = {"schnet": SchNet, "dtnn": DTNN, "cmnet": CMNet}
 MODEL_FILE_FORMAT = "atomnet-model"
 
 

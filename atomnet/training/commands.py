@@ -97,6 +97,9 @@ def train(
     dm.prepare(load_split(split_file) if resume is not None and split_file.exists() else None)
     atomref, mean, std = dm.statistics(model.max_z)
     model.set_statistics(mean, std, atomref)
+    if hasattr(model, "set_input_statistics") and resume is None:  # e.g. CMNet's per-entry standardisation
+        train = dm.dataset("train")
+        model.set_input_statistics(train.__getitems__(list(range(min(len(train), 2000)))))
     module = PotentialModule(Potential(model), cfg)
 
     checkpoint = ModelCheckpoint(
