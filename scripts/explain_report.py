@@ -46,6 +46,13 @@ def fmt(stat: dict) -> str:
     return f"{stat['mean']:+.3f} ± {stat['sem']:.3f}"
 
 
+def rewrite(out: Path) -> None:
+    """Write ``report.md`` again from ``report.json`` (no recomputation)."""
+    report = json.loads((out / "report.json").read_text())
+    with atomic_output(out / "report.md", ".md") as tmp:
+        tmp.write_text(markdown(report))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="docs/explanations")
@@ -155,8 +162,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
     lines += ["", "## Sanity: model randomisation (Spearman with the trained model's relevance after re-initialising"
               " the output network, then every block, then the embedding; lower = the method notices)", ""]  # fmt: skip
-    steps = [r["step"] for r in report["models"][models[0]]["randomisation"][methods[0]]]
     for m in models:
+        steps = [r["step"] for r in report["models"][m]["randomisation"][methods[0]]]
         lines.append(f"**{m}**: steps " + " → ".join(steps[1:]))
         lines.append("")
         lines.append("| method | " + " | ".join(s for s in steps[1:]) + " |")
