@@ -168,3 +168,24 @@ def test_evaluate_statistics_and_probe_map(model_file, xyz, tmp_path):
     rec = json.loads(out_json.read_text())
     assert np.asarray(rec["values"]).shape == (len(rec["y"]), len(rec["x"]))
     assert main(["explain", model_file, xyz, "--probe-map", "Xx", "--index", "2", "--no-progress"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--probe-map", "C", "--index", "0", "--spacing", "0"], "--spacing must be > 0"),
+        (["--probe-map", "C"], "--probe-map draws one structure"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (
+            ["--evaluate", "deletion", "--methods", "lrp-gamma,lrp-magic"],
+            "unknown explanation method 'lrp-magic'",
+        ),
+        (["--statistics", "--method", "lrp-gamma", "--param", "gamma=x"], "not a valid float"),
+    ],
+)
+def test_bad_options_of_the_evaluation_views(model_file, xyz, tmp_path, extra, message, capsys):
+    out = tmp_path / "never.png"
+    assert main(["explain", model_file, xyz, "--no-progress", "--png", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

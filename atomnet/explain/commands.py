@@ -212,11 +212,10 @@ def write_statistics(args, explanations) -> int:
     return 0
 
 
-def run_probe_map(args, structures, indices, dtype) -> int:
+def run_probe_map(args, structures, indices, pot) -> int:
     """``--probe-map ELEMENT``: Ω(r) of one structure on a grid in its plane → PNG (and JSON)."""
     from ase.data import atomic_numbers
 
-    from atomnet.explain.analyzer import as_potential
     from atomnet.explain.views import plot_probe_map, probe_map
 
     if len(indices) != 1:
@@ -226,9 +225,7 @@ def run_probe_map(args, structures, indices, dtype) -> int:
         raise ExplanationError(f"--probe-map {args.probe_map!r}: not an element symbol or atomic number")
     if not args.spacing > 0:
         raise ExplanationError(f"--spacing must be > 0 Å, got {args.spacing}")
-    xs, ys, values, planar, numbers = probe_map(
-        as_potential(args.model, dtype), structures[indices[0]], probe, args.spacing
-    )
+    xs, ys, values, planar, numbers = probe_map(pot, structures[indices[0]], probe, args.spacing)
     print(
         f"molecule {indices[0]}: probe {args.probe_map} on {values.size} points, {values.min():.3f} … {values.max():.3f} eV"
     )
@@ -256,12 +253,11 @@ def run_probe_map(args, structures, indices, dtype) -> int:
     return 0
 
 
-def run_evaluate(args, structures, dtype, params) -> int:
+def run_evaluate(args, structures, pot, params) -> int:
     """``--evaluate``: one table of metrics per method (mean ± standard error over molecules) → JSON, PNG."""
-    from atomnet.explain.analyzer import analyze_many, as_potential, create_analyzer
+    from atomnet.explain.analyzer import analyze_many, create_analyzer
     from atomnet.explain.evaluate import deletion_fidelity, perturbation_curves
 
-    pot = as_potential(args.model, dtype)
     names = [m.strip() for m in (args.methods or args.method).split(",")]
     results, curves = {}, []
     for name in names:
@@ -334,15 +330,18 @@ def run(args: argparse.Namespace) -> int:
     indices = parse_index(args.index, len(structures), args.structures)
     if args.walks:
         return run_walks(args, analyzers[0], structures, indices)
+    pot = analyzers[0].potential  # loaded once, shared by every branch
     if args.evaluate:
-        return run_evaluate(args, [structures[i] for i in indices], dtype, params)
+        return run_evaluate(args, [structures[i] for i in indices], pot, params)
     if args.probe_map:
-        return run_probe_map(args, structures, indices, dtype)
+        return run_probe_map(args, structures, indices, pot)
     chosen = [structures[i] for i in indices]
     results = {
         a.method.name: analyze_many(a, chosen, args.batch_size, progress=not args.no_progress)
         for a in analyzers
     }
+    if args.statistics:
+        return write_statistics(args, results[methods[0]])
     written = []
     if args.json:
         records = [
@@ -367,8 +366,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             plot_explanations(results[methods[0]], args.png, indices)
         written.append(args.png)
-    if args.statistics:
-        return write_statistics(args, results[methods[0]])
     first = results[methods[0]]
     for k in range(min(3, len(first))):
         e = first[k]
