@@ -17,9 +17,11 @@ Energies are differentiable in the positions, so forces come from the same
 and the energy jumps where two row norms cross — such ties are rare in real geometries). Permutation
 invariance holds exactly where row norms are distinct (sorting removes the atom order).
 
-Per-atom energies: the network predicts one value per molecule; it is shared equally by the molecule's atoms
-(y_i = y / N) so that the standardisation E = Σ_i (y_i·std + mean + atomref[Z_i]) works as for SchNet. These
-shares are not an atom-wise decomposition.
+Per-atom energies: the network predicts one value y per molecule, given to each of its N atoms as the raw
+per-atom output (y_i = y), so the standardisation E = Σ_i (y_i·std + mean + atomref[Z_i]) = N·std·y + Σ_i (mean +
+atomref[Z_i]) works as for SchNet and y stays of order one (a molecular residual is about N times the per-atom
+std). The resulting per-atom energies are equal shares, not an atom-wise decomposition: explanations map the
+relevance of the Coulomb-matrix entries to atoms instead (:mod:`atomnet.explain`).
 """
 
 from __future__ import annotations
@@ -160,8 +162,7 @@ class CMNet(AtomisticModel):
 
         pos = batch.positions if positions is None else positions
         y = self.molecular_output(batch, pos)
-        share = y[batch.molecule] / batch.n_atoms[batch.molecule].to(y.dtype)
-        atomic = self.standardize(share, batch.numbers)
+        atomic = self.standardize(y[batch.molecule], batch.numbers)
         energy = self.aggregate(atomic, batch.molecule, batch.n_molecules)
         return {keys.ATOMIC_ENERGIES: atomic, keys.ENERGY: energy}
 
