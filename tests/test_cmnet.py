@@ -48,7 +48,7 @@ def test_matrices_equal_the_baseline():
     batch = batch_from_atoms(rattled, cutoff=0.0, dtype=torch.float64)
     z, r = padded(batch, batch.numbers, 12), padded(batch, batch.positions / BOHR, 12)
     pot = make_potential(expansion="none")
-    feats = pot.model.features(batch, batch.positions, None).detach().numpy()
+    feats = pot.model.entries(batch, batch.positions, None).detach().numpy()
     np.testing.assert_allclose(
         feats, upper_triangle(sort_by_row_norm(coulomb_matrices(z.numpy(), r.numpy()))), rtol=1e-12
     )
@@ -60,11 +60,11 @@ def test_random_sorting_in_training_and_deterministic_evaluation():
     a, b = (pot(batch, forces=False)[keys.ENERGY] for _ in range(2))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     pot.model.train()
-    x1 = pot.model.features(batch, batch.positions, torch.randn(3, 12, dtype=torch.float64) * 5)
-    x2 = pot.model.features(batch, batch.positions, torch.randn(3, 12, dtype=torch.float64) * 5)
+    x1 = pot.model.entries(batch, batch.positions, torch.randn(3, 12, dtype=torch.float64) * 5)
+    x2 = pot.model.entries(batch, batch.positions, torch.randn(3, 12, dtype=torch.float64) * 5)
     assert not torch.equal(x1, x2)
     # a draw permutes the same entries: the multiset of each molecule's values is unchanged
-    x0 = pot.model.features(batch, batch.positions, None)
+    x0 = pot.model.entries(batch, batch.positions, None)
     torch.testing.assert_close(x1.sort(1).values, x0.sort(1).values)
     # averaging over random sortings at test time
     avg = make_potential(test_sortings=8)

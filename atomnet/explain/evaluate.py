@@ -194,9 +194,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def randomisation_steps(model) -> list[tuple[str, list]]:
-    """(name, modules) re-initialised cumulatively: output, interaction blocks last to first, embedding."""
-    steps = [("output", [model.output])]
+    """(name, modules) re-initialised cumulatively: output, interaction blocks last to first, embedding; for
+    a network on a fixed-size input (CMNet, no interaction blocks) its dense layers from the last to the
+    first, as in Adebayo et al.'s cascade."""
     blocks = list(getattr(model, "interactions", []))
+    if not blocks and not hasattr(model, "embedding"):
+        dense = [(n, m) for n, m in model.output.named_modules() if isinstance(m, torch.nn.Linear)]
+        return [(f"output.{n}", [m]) for n, m in reversed(dense)]
+    steps = [("output", [model.output])]
     for k in reversed(range(len(blocks))):
         steps.append((f"interactions.{k}", [blocks[k]]))
     steps.append(("embedding", [model.embedding]))
@@ -228,16 +233,26 @@ def model_randomisation(potential, atoms_list, method: str, seed: int = 0, **par
 
 
 def input_shift_copy(potential, shift: float | torch.Tensor = 1.0):
-    """A copy computing the same function with every embedding shifted by a constant vector c.
+    """A copy computing the same function with every input shifted by a constant vector c.
 
     x⁰ → x⁰ + c, and the shift is compensated in the next layers' biases: each interaction block's first
     dense layer of x (SchNet's in2f gets a bias −W c; DTNN's W_cf bias −W_cf c) and the output network's first
     layer (b − W c). The residual path carries x^t + c through every block, so the function is unchanged.
+    For a network on a fixed-size input (CMNet) the input vector is shifted (its ``offset``) and the first
+    dense layer compensates (b − W c), exactly the construction of Kindermans et al.
     """
     from torch import nn
 
     pot = copy.deepcopy(as_potential(potential))
     model = pot.model
+    features = getattr(model, "features", None)
+    if features is not None and hasattr(features, "offset"):
+        c = torch.full_like(features.offset, float(shift)) if not torch.is_tensor(shift) else shift
+        with torch.no_grad():
+            features.offset += c
+            first = model.output[0]
+            first.bias -= first.weight @ c
+        return pot
     feats = model.embedding.weight.shape[1]
     c = (
         torch.full((feats,), float(shift), dtype=model.embedding.weight.dtype)

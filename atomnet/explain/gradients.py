@@ -1,4 +1,9 @@
-"""Gradient baselines on the element embedding x_i⁰ (and on positions): the methods LRP is compared with.
+"""Gradient baselines on the input layer x⁰ (and on positions): the methods LRP is compared with.
+
+x⁰ is the element embedding x_i⁰ (SchNet, DTNN) or the fixed-size input vector of CMNet (Coulomb-matrix
+entries in channels); in the second case per-entry values (summed over channels, or the norm for
+``gradient``) are mapped to atoms by :func:`~atomnet.explain.propagation.to_atoms` (M_ij half to i, half to
+j; padding entries belong to no atom: for integrated gradients their share is added to ``unexplained``).
 
 - ``gradient``: ‖∂E/∂x_i⁰‖₂, the sensitivity of the energy to atom i's embedding (Simonyan et al. 2014).
 - ``force-norm``: ‖∂E/∂R_i‖₂ = ‖F_i‖, eV/Å, from the same :func:`~atomnet.potential.energy_and_forces` path.
@@ -24,20 +29,20 @@ import torch
 from atomnet import keys
 from atomnet.data.batch import AtomsBatch
 from atomnet.explain.methods import Attribution, Method, register, require
-from atomnet.explain.propagation import embedding_leaf
+from atomnet.explain.propagation import Propagation, embedding_leaf, to_atoms
 from atomnet.potential import energy_and_forces
 
 
 def embedding_gradient(
     model, batch: AtomsBatch, scale=None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(energy (n_molecules,), x⁰ (n_atoms, F), ∂E/∂x⁰ (n_atoms, F)); with ``scale`` (a number or an
-    (n_atoms, 1) tensor) the model sees scale·x⁰ and the gradient is taken there."""
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], Propagation]:
+    """(energy (n_molecules,), [x⁰], [∂E/∂x⁰], state): one input and gradient per leaf (rows × features);
+    with ``scale`` (a number or an (n_atoms, 1) tensor) the model sees scale·x⁰ and the gradient is taken
+    there. ``state`` maps leaf-shaped values to atoms (:func:`~atomnet.explain.propagation.to_atoms`)."""
     with torch.enable_grad(), embedding_leaf(model, batch, scale=scale) as state:
         energy = model(batch)[keys.ENERGY]
-        (grad,) = torch.autograd.grad(energy.sum(), state.leaves[0])
-    x0 = state.leaves[0].detach()
-    return energy.detach(), x0, grad
+        grads = torch.autograd.grad(energy.sum(), state.leaves)
+    return energy.detach(), [x.detach() for x in state.leaves], list(grads), state
 
 
 def repeat_batch(batch: AtomsBatch, k: int) -> AtomsBatch:
@@ -90,8 +95,8 @@ class Gradient(Method):
     defaults: dict = {}
 
     def attribute(self, model, batch, params):
-        energy, _, grad = embedding_gradient(model, batch)
-        return Attribution(energy, torch.linalg.vector_norm(grad, dim=1), None)
+        energy, _, grads, state = embedding_gradient(model, batch)
+        return Attribution(energy, to_atoms(state, grads, reduce="norm")[0], None)
 
 
 @register
@@ -113,8 +118,8 @@ class GradientXInput(Method):
     defaults: dict = {}
 
     def attribute(self, model, batch, params):
-        energy, x0, grad = embedding_gradient(model, batch)
-        return Attribution(energy, (x0 * grad).sum(dim=1), None)
+        energy, x0, grads, state = embedding_gradient(model, batch)
+        return Attribution(energy, to_atoms(state, [x * g for x, g in zip(x0, grads, strict=True)])[0], None)
 
 
 @register
@@ -132,21 +137,24 @@ class IntegratedGradients(Method):
         alphas = np.concatenate([[1.0, 0.0], nodes])  # the input itself, the baseline, the nodes
         n = batch.numbers.shape[0]
         per_pass = max(1, ATOMS_PER_PASS // n)  # copies of the batch evaluated together
-        energies, grads = [], []
+        w_all = np.concatenate([[0.0, 0.0], weights])  # the input and the baseline carry no weight
+        energies, x0, total, first = [], [], [], None
         for start in range(0, len(alphas), per_pass):
             chunk = alphas[start : start + per_pass]
             big = repeat_batch(batch, len(chunk)) if len(chunk) > 1 else batch
             scale = torch.as_tensor(chunk, dtype=batch.positions.dtype).repeat_interleave(n)[:, None]
-            energy, x, grad = embedding_gradient(model, big, scale=scale)
-            if start == 0:
-                x0 = x[:n]
+            energy, xs, grads, state = embedding_gradient(model, big, scale=scale)
             energies.append(energy.view(len(chunk), batch.n_molecules))
-            grads.append(grad.view(len(chunk), n, -1))
-        energy, grad = torch.cat(energies), torch.cat(grads)
-        w = torch.as_tensor(weights, dtype=grad.dtype)
-        mean_grad = (grad[2:] * w[:, None, None]).sum(0)
-        relevance = (x0 * mean_grad).sum(dim=1)
-        return Attribution(energy[0], relevance, energy[1])
+            w = torch.as_tensor(w_all[start : start + len(chunk)], dtype=batch.positions.dtype)
+            parts = [(g.view(len(chunk), -1, g.shape[1]) * w[:, None, None]).sum(0) for g in grads]
+            if first is None:  # copy 0 of the first pass is the input itself (α = 1)
+                first, x0, total = state, [x[: x.shape[0] // len(chunk)] for x in xs], parts
+            else:
+                total = [a + b for a, b in zip(total, parts, strict=True)]
+        energy = torch.cat(energies)
+        values = [x * g for x, g in zip(x0, total, strict=True)]
+        relevance, padding = to_atoms(first, values, rows=batch.n_molecules)
+        return Attribution(energy[0], relevance, energy[1] + padding)
 
 
 @register

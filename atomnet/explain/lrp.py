@@ -8,7 +8,11 @@ Relevance starts as the prediction, R = E, and travels back layer by layer:
 - element-wise activations (shifted softplus, tanh) pass it on;
 - through cfconv the filter W(r_ij) is a constant weight: relevance flows to the neighbour features x_j and
   is gathered back onto atom j;
-- it ends on the embedding features x_i⁰ and is summed over them: relevance_i = Σ_f R(x⁰_if).
+- it ends on the embedding features x_i⁰ and is summed over them: relevance_i = Σ_f R(x⁰_if);
+- for a network on a fixed-size input (CMNet) it ends on the input vector (Coulomb-matrix entries, each
+  expanded into channels): an entry's relevance (summed over its channels) is split half and half between
+  atoms i and j for M_ij, goes to atom i for M_ii, and padding entries' relevance is booked as ``padding``
+  (:func:`~atomnet.explain.propagation.to_atoms`); the molecule → atoms copy (MoleculeToAtoms) sums back.
 
 Conservation: Σ_i relevance_i + unexplained = E, where ``unexplained`` = Σ over modules of the absorbed
 relevance (bias shares, ε, and the reference energies), reported per module in ``Explanation.absorbed``.
@@ -23,7 +27,7 @@ from torch import nn
 
 from atomnet import keys
 from atomnet.explain.methods import Attribution, Method, register, require
-from atomnet.explain.propagation import Composite, attach
+from atomnet.explain.propagation import Composite, attach, to_atoms
 from atomnet.explain.rules import (
     AlphaBeta,
     ConstantFilter,
@@ -37,7 +41,14 @@ from atomnet.explain.rules import (
     ZPlus,
 )
 from atomnet.nn.activations import ShiftedSoftplus
-from atomnet.nn.ops import AtomToMolecule, FilterProduct, GatherNeighbors, NeighborSum, ResidualAdd
+from atomnet.nn.ops import (
+    AtomToMolecule,
+    FilterProduct,
+    GatherNeighbors,
+    MoleculeToAtoms,
+    NeighborSum,
+    ResidualAdd,
+)
 from atomnet.nn.output import Standardize
 
 
@@ -48,7 +59,7 @@ def composite(dense: Rule, by_name: list[tuple[str, type, Rule]] | None = None) 
         by_type=[
             (nn.Linear, dense),
             ((ShiftedSoftplus, nn.Tanh), Pass()),
-            (GatherNeighbors, Gather()),
+            ((GatherNeighbors, MoleculeToAtoms), Gather()),
             (FilterProduct, ConstantFilter()),
             ((NeighborSum, ResidualAdd, AtomToMolecule), Proportional()),
             (Standardize, Reference()),
@@ -62,8 +73,10 @@ def propagate(model, batch, comp: Composite) -> Attribution:
     with torch.enable_grad(), attach(model, comp, batch) as state:
         energy = model(batch)[keys.ENERGY]
         grads = torch.autograd.grad(energy, state.leaves, grad_outputs=energy.detach())
-    relevance = sum(g.sum(dim=1) for g in grads)
+    relevance, padding = to_atoms(state, grads)
     absorbed = {k: v.to(energy.dtype) for k, v in state.absorbed.items()}
+    if any(own is not None for own in state.owners):
+        absorbed["padding"] = padding.detach().to(energy.dtype)
     unexplained = sum(absorbed.values(), torch.zeros_like(energy))
     return Attribution(energy.detach(), relevance, unexplained.detach(), absorbed)
 

@@ -3,9 +3,14 @@
 While :func:`attach` is active, every module with a rule returns its usual output, but the backward pass
 through it computes the rule's input relevance instead of the gradient (the "gradient trick": relevance
 travels where gradients would). Modules without a rule are watched: if relevance reaches one, analysis stops
-with an error naming it, never a silent gradient. Relevance starts at the element embedding, whose output is
-replaced by a leaf tensor; after ``torch.autograd.grad(energy, leaf, energy)`` the leaf's gradient holds the
-relevance of every embedding feature. The model is plain torch before and after: hooks are removed on exit.
+with an error naming it, never a silent gradient. Relevance starts at the model's *input layer* — the element
+embedding (:class:`~atomnet.nn.output.AtomEmbedding`, one row per atom) or a fixed-size input vector
+(:class:`~atomnet.nn.coulomb.FeatureInput`, one row per molecule, e.g. Coulomb-matrix entries) — whose output
+is replaced by a leaf tensor; after ``torch.autograd.grad(energy, leaf, energy)`` the leaf's gradient holds the
+relevance of every input feature. :func:`to_atoms` maps it to atoms: embedding features are summed per atom;
+an entry of a feature vector belonging to two atoms (M_ij) is split half and half between i and j, a diagonal
+entry (M_ii) goes to atom i, and padding entries belong to no atom (booked as ``padding``). The model is
+plain torch before and after: hooks are removed on exit.
 
 The relevance a module does not pass on (bias shares, stabilisers, the reference energies of Standardize) is
 booked per module name and molecule in :attr:`Propagation.absorbed` (eV), so that
@@ -24,8 +29,11 @@ from torch import nn
 from atomnet.data.batch import AtomsBatch
 from atomnet.errors import ExplanationError
 from atomnet.explain.rules import Rule
-from atomnet.nn.ops import AtomToMolecule, GatherNeighbors, NeighborSum
+from atomnet.nn.coulomb import FeatureInput
+from atomnet.nn.ops import AtomToMolecule, GatherNeighbors, MoleculeToAtoms, NeighborSum
 from atomnet.nn.output import AtomEmbedding
+
+INPUTS = (AtomEmbedding, FeatureInput)  #: the module types relevance starts at
 
 ROWS = "_atomnet_rows"  #: tensor attribute: what the rows of a relevance-carrying tensor are
 
@@ -84,6 +92,8 @@ class Propagation:
 
     batch: AtomsBatch
     leaves: list[torch.Tensor] = field(default_factory=list)
+    #: per leaf: None for an embedding (rows = atoms), else the FeatureInput's owners and channels
+    owners: list[tuple[torch.Tensor, int] | None] = field(default_factory=list)
     absorbed: dict[str, torch.Tensor] = field(default_factory=dict)
     #: with ``attach(..., record=True)``: every rule call in forward order (for walks)
     tape: list[TapeEntry] | None = None
@@ -124,7 +134,7 @@ class Propagation:
 def _output_rows(module: nn.Module, inputs: list[torch.Tensor]) -> str | None:
     if isinstance(module, GatherNeighbors):
         return "pairs"
-    if isinstance(module, (NeighborSum, AtomEmbedding)):
+    if isinstance(module, (NeighborSum, AtomEmbedding, MoleculeToAtoms)):
         return "atoms"
     if isinstance(module, AtomToMolecule):
         return "molecules"
@@ -132,26 +142,84 @@ def _output_rows(module: nn.Module, inputs: list[torch.Tensor]) -> str | None:
 
 
 def _embeddings(model: nn.Module) -> list[nn.Module]:
-    found = [m for m in model.modules() if isinstance(m, AtomEmbedding)]
+    found = [m for m in model.modules() if isinstance(m, INPUTS)]
     if not found:
-        raise ExplanationError(f"{type(model).__name__} has no AtomEmbedding: no atom inputs to explain")
+        raise ExplanationError(
+            f"{type(model).__name__} has neither an AtomEmbedding nor a FeatureInput: no inputs to explain"
+        )
     return found
+
+
+def feature_scale(owners: torch.Tensor, channels: int, atom_scale: torch.Tensor, batch: AtomsBatch):
+    """Per-atom scales (n_atoms, 1) as scales of a feature vector's entries (n_molecules, d · channels): an
+    entry takes the smallest scale of its atoms (a ghost atom, scale 0, zeroes every entry it is in; a common
+    scale α stays α); padding entries take the largest scale of the molecule's atoms."""
+    s = atom_scale.reshape(-1)
+    inf = torch.full(owners.shape, torch.inf, dtype=s.dtype, device=s.device)
+    per_entry = torch.where(owners >= 0, s[owners.clamp(min=0)], inf).min(dim=2).values
+    top = s.new_full((batch.n_molecules,), -torch.inf).scatter_reduce(0, batch.molecule, s, "amax")
+    per_entry = torch.where(torch.isinf(per_entry), top[:, None].expand_as(per_entry), per_entry)
+    return per_entry.repeat_interleave(channels, dim=1)
+
+
+def to_atoms(
+    state: Propagation,
+    values: list[torch.Tensor] | torch.Tensor,
+    reduce: str = "sum",
+    rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leaf-shaped ``values`` (one tensor per leaf, e.g. relevance or gradient × input) as per-atom values.
+
+    ``reduce``: ``"sum"`` over the features of an atom or the channels of an entry (conserving), or
+    ``"norm"`` (the L2 norm, for gradients). ``rows``: use only the first ``rows`` molecules (the first copy of
+    a repeated batch). Returns (per atom (n_atoms,), padding (n_molecules,): what belongs to no atom).
+    """
+    b = state.batch
+    values = [values] if torch.is_tensor(values) else list(values)
+    n_mol = b.n_molecules if rows is None else rows
+    n_atoms = int(b.n_atoms[:n_mol].sum())
+    atoms, padding = None, None
+    for v, own in zip(values, state.owners, strict=True):
+        if own is None:
+            v = v[:n_atoms]
+            a = v.sum(dim=1) if reduce == "sum" else torch.linalg.vector_norm(v, dim=1)
+            p = a.new_zeros(n_mol)
+        else:
+            owners, channels = own
+            owners = owners[:n_mol]
+            v = v[:n_mol].reshape(n_mol, owners.shape[1], channels)
+            e = v.sum(dim=2) if reduce == "sum" else torch.linalg.vector_norm(v, dim=2)
+            first, second = owners[..., 0], owners[..., 1]
+            half = torch.where(second >= 0, 0.5, 1.0).to(e.dtype)
+            a = e.new_zeros(n_atoms)
+            a = a.index_add(0, first[first >= 0], (e * half)[first >= 0])
+            a = a.index_add(0, second[second >= 0], (e * half)[second >= 0])
+            p = torch.where(first < 0, e, torch.zeros_like(e)).sum(dim=1)
+        atoms = a if atoms is None else atoms + a
+        padding = p if padding is None else padding + p
+    return atoms, padding
 
 
 @contextlib.contextmanager
 def embedding_leaf(
     model: nn.Module, batch: AtomsBatch, scale: float | torch.Tensor | None = None
 ) -> Iterator[Propagation]:
-    """Replace the embedding output x⁰ by a leaf tensor that requires gradients: x⁰ itself, or scale·x⁰ if
-    ``scale`` is given (a point α·x⁰ on the path of integrated gradients). The leaf is ``state.leaves[-1]``
+    """Replace the input layer's output x⁰ by a leaf tensor that requires gradients: x⁰ itself, or scale·x⁰ if
+    ``scale`` is given (a number, or per atom (n_atoms, 1): a point α·x⁰ on the path of integrated gradients,
+    or a mask; a feature vector's entries are scaled by :func:`feature_scale`). The leaf is ``state.leaves[-1]``
     after the forward pass. Parameters stop requiring gradients meanwhile (restored on exit)."""
     state = Propagation(batch)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def start(module, args, output):
-        leaf = (output if scale is None else output * scale).detach().requires_grad_(True)
-        setattr(leaf, ROWS, "atoms")
+        own = (module.owners, module.channels) if isinstance(module, FeatureInput) else None
+        s = scale
+        if own is not None and torch.is_tensor(s) and s.numel() > 1:
+            s = feature_scale(own[0], own[1], s, batch)
+        leaf = (output if s is None else output * s).detach().requires_grad_(True)
+        setattr(leaf, ROWS, "atoms" if own is None else "molecules")
         state.leaves.append(leaf)
+        state.owners.append(own)
         return leaf
 
     handles = [m.register_forward_hook(start) for m in _embeddings(model)]
@@ -180,7 +248,7 @@ def attach(
             state.tape = []
         try:
             for name, module in model.named_modules():
-                if isinstance(module, AtomEmbedding) or (name + ".").startswith(constant):
+                if isinstance(module, INPUTS) or (name + ".").startswith(constant):
                     continue
                 rule = composite.rule_for(name, module)
                 if rule is not None:

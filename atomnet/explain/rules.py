@@ -246,7 +246,8 @@ class Pass(Rule):
 
 
 class Gather(Rule):
-    """x_j copied to every pair (i, j): R_{x_j} = Σ_{pairs with neighbour j} R_pair (conserving)."""
+    """x_j copied to every pair (i, j): R_{x_j} = Σ_{pairs with neighbour j} R_pair (conserving); likewise a
+    molecule's value copied to its atoms (MoleculeToAtoms): R_molecule = Σ_{its atoms} R_i."""
 
     name = "gather"
 

@@ -67,3 +67,12 @@ class AtomToMolecule(nn.Module):
             counts = torch.bincount(molecule, minlength=n_molecules).clamp(min=1).to(values.dtype)
             out = out / counts
         return out
+
+
+class MoleculeToAtoms(nn.Module):
+    """Every atom receives its molecule's value: (n_molecules, ...), (n_atoms,) molecule index → (n_atoms, ...).
+
+    For LRP this is a copy, like :class:`GatherNeighbors`: a molecule's relevance is the sum over its atoms."""
+
+    def forward(self, values: torch.Tensor, molecule: torch.Tensor) -> torch.Tensor:
+        return values.index_select(0, molecule)
