@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomnet.explain import analyze_many, create_analyzer, list_methods
+from atomnet.explain import analyze_many, create_analyzer, list_methods, method_info
 from atomnet.explain.commands import read_structures
 from atomnet.explain.evaluate import (
     deletion_fidelity,
@@ -66,7 +66,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = list_methods()
+    methods = [
+        m for m in list_methods() if not method_info(m)["needs_fit"]
+    ]  # patterns: scripts/cm_explain.py
     report: dict = {"methods": methods, "models": {}}
     data_cache: dict[str, list] = {}
     t0 = time.perf_counter()

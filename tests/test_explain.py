@@ -53,8 +53,20 @@ def pot(request) -> Potential:
     return make_potential(request.param)
 
 
+#: training structures for the methods that learn from data (PatternNet's patterns)
+FIT = [molecule(n) for n in ("CH3CH2OH", "H2O", "C6H6", "CH4", "NH3", "CH3OH", "HCOOH", "C2H4")]
+for _k, _a in enumerate(FIT):
+    _a.rattle(0.1, seed=_k)
+
+
+def analyzer_for(method, pot, **params):
+    """``create_analyzer``, fitted on :data:`FIT` when the method learns from data."""
+    analyzer = create_analyzer(method, pot, **params)
+    return analyzer.fit(FIT * 2) if analyzer.method.needs_fit else analyzer
+
+
 def relevance(pot, structures, method, **params):
-    return [e.relevance for e in create_analyzer(method, pot, **params).analyze(structures)]
+    return [e.relevance for e in analyzer_for(method, pot, **params).analyze(structures)]
 
 
 # --- conservation -------------------------------------------------------------------------------
@@ -64,7 +76,7 @@ def relevance(pot, structures, method, **params):
 def test_conservation(pot, method):
     """Σ relevance + unexplained = predicted energy, for every conserving method (float64)."""
     params = {"steps": 24} if method == "integrated-gradients" else {}
-    for e in create_analyzer(method, pot, **params).analyze([molecule("CH3CH2OH"), molecule("H2O")]):
+    for e in analyzer_for(method, pot, **params).analyze([molecule("CH3CH2OH"), molecule("H2O")]):
         total = e.relevance.sum() + e.unexplained
         tol = 1e-7 if method == "integrated-gradients" else 1e-9  # IG: quadrature error
         assert abs(total - e.energy) <= tol * max(1.0, abs(e.energy)), (method, total, e.energy)
@@ -92,7 +104,7 @@ def test_lrp0_without_biases_puts_everything_on_atoms(pot):
                 mod.bias.zero_()
     model.set_statistics(mean=0.0, std=2.0, atomref=np.zeros(21))
     for method in ("lrp-0", "lrp-alphabeta", "deep-taylor", "lrp-gamma"):
-        [e] = create_analyzer(method, pot).analyze(molecule("CH3CH2OH"))
+        [e] = analyzer_for(method, pot).analyze(molecule("CH3CH2OH"))
         assert abs(e.unexplained) < 1e-9 * max(1, abs(e.energy)), (method, e.unexplained)
         np.testing.assert_allclose(e.relevance.sum(), e.energy, rtol=1e-9)
 
@@ -100,7 +112,7 @@ def test_lrp0_without_biases_puts_everything_on_atoms(pot):
 def test_intensive_target_conserves():
     pot = make_potential("schnet", reduce="mean")
     for method in ("contributions", "lrp-0", "lrp-gamma"):
-        [e] = create_analyzer(method, pot).analyze(molecule("CH3CH2OH"))
+        [e] = analyzer_for(method, pot).analyze(molecule("CH3CH2OH"))
         np.testing.assert_allclose(e.relevance.sum() + e.unexplained, e.energy, rtol=1e-10)
 
 
@@ -179,7 +191,7 @@ def test_linear_toy_lrp0_equals_gradient_times_input():
         shares.append(pot(batch, forces=False)[keys.ENERGY].item())
     model.mask = None
     for method in ("lrp-0", "gradient-x-input", "integrated-gradients", "contributions"):
-        [e] = create_analyzer(method, pot).analyze(atoms)
+        [e] = analyzer_for(method, pot).analyze(atoms)
         if method == "contributions":
             continue  # atom-wise energies are not the embedding shares (messages cross atoms)
         np.testing.assert_allclose(e.relevance, shares, rtol=1e-9, atol=1e-12, err_msg=method)
@@ -265,7 +277,7 @@ def test_far_atom_and_far_molecules_are_additive(pot, method):
     lone = Atoms("N", positions=[[100.0, 0.0, 0.0]])
     far = other.copy()
     far.positions += [0.0, 100.0, 0.0]
-    analyzer = create_analyzer(method, pot)
+    analyzer = analyzer_for(method, pot)
     [with_atom, with_mol] = analyzer.analyze([mol + lone, mol + far])
     [alone, atom_alone, other_alone] = analyzer.analyze([mol, lone, other])
     n = len(mol)
@@ -283,9 +295,9 @@ def test_far_atom_and_far_molecules_are_additive(pot, method):
 @pytest.mark.parametrize("method", list_methods())
 def test_batch_equals_one_at_a_time(pot, method):
     structures = [molecule("CH3CH2OH"), molecule("H2O"), molecule("C6H6")]
-    batched = create_analyzer(method, pot).analyze(structures)
+    batched = analyzer_for(method, pot).analyze(structures)
     for atoms, e in zip(structures, batched, strict=True):
-        [single] = create_analyzer(method, pot).analyze(atoms)
+        [single] = analyzer_for(method, pot).analyze(atoms)
         if method == "smoothgrad":  # noise is drawn for the whole batch: compare statistics only
             assert single.relevance.shape == e.relevance.shape
             continue
@@ -299,8 +311,8 @@ def test_mirrored_and_unmirrored_batches_agree(pot, method):
     assert batch.mirrored
     perm = torch.from_numpy(np.random.default_rng(0).permutation(batch.pair_i.numel()))
     shuffled = replace(batch, pair_i=batch.pair_i[perm], pair_j=batch.pair_j[perm], mirrored=False)
-    a = create_analyzer(method, pot).analyze(batch)
-    b = create_analyzer(method, pot).analyze(shuffled)
+    a = analyzer_for(method, pot).analyze(batch)
+    b = analyzer_for(method, pot).analyze(shuffled)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x.relevance, y.relevance, rtol=1e-9, atol=1e-12)
 
@@ -352,7 +364,7 @@ def test_float32_close_to_float64():
     atoms = molecule("CH3CH2OH")
     for method in ("lrp-gamma", "integrated-gradients", "contributions"):
         r64 = relevance(pot, atoms, method)[0]
-        r32 = create_analyzer(method, pot, dtype=torch.float32).analyze(atoms)[0].relevance
+        r32 = analyzer_for(method, pot, dtype=torch.float32).analyze(atoms)[0].relevance
         np.testing.assert_allclose(r32, r64, rtol=1e-3, atol=1e-4 * np.abs(r64).max())
     assert pot.dtype == torch.float64  # the float32 analysis worked on a copy
 
@@ -366,7 +378,7 @@ def test_model_untouched(pot, method):
     batch = batch_from_atoms([atoms], cutoff=pot.cutoff, dtype=torch.float64)
     before = pot(batch)
     state = {k: v.clone() for k, v in pot.model.state_dict().items()}
-    create_analyzer(method, pot).analyze(atoms)
+    analyzer_for(method, pot).analyze(atoms)
     after = pot(batch)
     for key in before:
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)

@@ -189,3 +189,31 @@ def test_bad_options_of_the_evaluation_views(model_file, xyz, tmp_path, extra, m
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_pattern_methods_fit_on_a_training_file(tmp_path, xyz, capsys):
+    """A CMNet explained with PatternAttribution: --fit reads training structures; without it, one line."""
+    torch.manual_seed(0)
+    model = build_model("cmnet", max_atoms=12, hidden=[16], n_steps=3, theta=5.0, max_z=20)
+    path = str(save_model(model, tmp_path / "cm.pt"))
+    train = tmp_path / "train.xyz"
+    mols = []
+    for k, name in enumerate(["CH4", "NH3", "H2O", "CH3OH", "C2H6", "C2H4"] * 3):
+        m = molecule(name)
+        m.rattle(0.1, seed=k)
+        mols.append(m)
+    write(train, mols)
+    out = tmp_path / "p.json"
+    rc = main(["explain", path, xyz, "--method", "patternattribution", "--fit", str(train),
+               "--json", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    records = json.loads(out.read_text())["molecules"]
+    from ase.io import read
+
+    back = read(train, ":")  # the file's 8 decimals, as the command read them
+    [e] = create_analyzer("patternattribution", path, dtype=torch.float64).fit(back).analyze(molecule("C6H6"))
+    np.testing.assert_allclose(records[1]["relevance"], e.relevance, rtol=1e-9)
+    capsys.readouterr()
+    assert main(["explain", path, xyz, "--method", "patternnet", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--fit FILE" in err[0]

@@ -64,6 +64,26 @@ class Analyzer:
         self.method = method
         self.potential = potential
         self.params = params
+        self.fitted = None
+
+    def fit(self, structures, batch_size: int = 256, progress: bool = False) -> Analyzer:
+        """Learn what the method needs from training ``structures`` (a list of Atoms or an AtomsBatch), e.g.
+        the patterns of ``patternnet`` / ``patternattribution``; returns the analyzer itself."""
+        from tqdm.auto import tqdm
+
+        if isinstance(structures, AtomsBatch):
+            batches = [as_batch(structures, self.potential)]
+        else:
+            items = list(structures)
+            if not items:
+                raise ExplanationError("nothing to fit on: no structures given")
+            starts = range(0, len(items), batch_size)
+            batches = (
+                as_batch(items[s : s + batch_size], self.potential)
+                for s in tqdm(starts, disable=not progress, desc=f"fit {self.method.name}", unit="batch")
+            )
+        self.fitted = self.method.fit(self.potential.model, batches, self.params)
+        return self
 
     def __repr__(self) -> str:
         return f"Analyzer({self.method.name!r}, {self.params})"
@@ -72,7 +92,8 @@ class Analyzer:
         """One :class:`Explanation` per molecule of ``structures`` (Atoms, list of Atoms or AtomsBatch)."""
         batch = as_batch(structures, self.potential)
         model = self.potential.model
-        result = self.method.attribute(model, batch, self.params)
+        params = {**self.params, "fitted": self.fitted} if self.method.needs_fit else self.params
+        result = self.method.attribute(model, batch, params)
         reference = reference_energies(model, batch)
         return split_molecules(self.method, self.params, batch, result, reference)
 
@@ -143,6 +164,7 @@ def method_info(name: str) -> dict:
         "params": dict(method.defaults),
         "units": method.units_for(dict(method.defaults)),
         "conserving": method.conserving,
+        "needs_fit": method.needs_fit,
         "summary": doc[0] if doc else "",
     }
 

@@ -75,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local chemical potential map of a probe (e.g. C)",
     )
     parser.add_argument("--spacing", type=float, default=0.1, help="with --probe-map: grid spacing, Å")
+    parser.add_argument(
+        "--fit",
+        default=None,
+        metavar="FILE",
+        help="training structures for methods that learn from data (patternnet, patternattribution)",
+    )
+    parser.add_argument("--fit-limit", type=int, default=2000, help="with --fit: read at most this many")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -326,6 +333,14 @@ def run(args: argparse.Namespace) -> int:
     analyzers = [
         create_analyzer(m, args.model, dtype=dtype, **(params if not args.compare else {})) for m in methods
     ]
+    needs = [a.method.name for a in analyzers if a.method.needs_fit]
+    if needs and args.fit is None:
+        raise ExplanationError(f"method {needs[0]!r} learns from training structures: pass --fit FILE")
+    if needs:
+        train = read_structures(args.fit, None, not args.no_progress, args.fit_limit)
+        for a in analyzers:
+            if a.method.needs_fit:
+                a.fit(train, progress=not args.no_progress)
     structures = read_structures(args.structures, args.format, not args.no_progress, args.limit)
     indices = parse_index(args.index, len(structures), args.structures)
     if args.walks:

@@ -273,16 +273,30 @@ def input_shift_copy(potential, shift: float | torch.Tensor = 1.0):
     return pot
 
 
-def input_invariance(potential, atoms_list, methods: Sequence[str], shift: float = 1.0) -> list[dict]:
-    """For every method: the largest change of relevance between the model and its input-shifted copy,
-    relative to the largest |relevance| (0: invariant), and whether it is below 1e-6."""
+def input_invariance(
+    potential, atoms_list, methods: Sequence, shift: float = 1.0, fit: Sequence | None = None
+) -> list[dict]:
+    """For every method (a name, or ``(name, params)``): the largest change of relevance between the model
+    and its input-shifted copy, relative to the largest |relevance| (0: invariant), and whether it is below
+    1e-6. Methods that learn from data (patterns) are fitted on ``fit`` for each model separately."""
     pot = as_potential(potential)
     shifted = input_shift_copy(pot, shift)
     rows = []
-    for m in methods:
-        a = [e.relevance for e in analyze_many(create_analyzer(m, pot), list(atoms_list))]
-        b = [e.relevance for e in analyze_many(create_analyzer(m, shifted), list(atoms_list))]
+    for entry in methods:
+        name, params = (entry, {}) if isinstance(entry, str) else entry
+        label = " ".join([name] + [f"{k}={v}" for k, v in params.items()])
+        out = []
+        for model in (pot, shifted):
+            analyzer = create_analyzer(name, model, **params)
+            if analyzer.method.needs_fit:
+                if fit is None:
+                    raise ExplanationError(
+                        f"input_invariance: method {name!r} needs training structures (fit=)"
+                    )
+                analyzer.fit(list(fit))
+            out.append([e.relevance for e in analyze_many(analyzer, list(atoms_list))])
+        a, b = out
         scale = max(float(np.abs(np.concatenate(a)).max()), 1e-30)
         change = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True)) / scale
-        rows.append({"method": m, "relative_change": change, "invariant": change < 1e-6})
+        rows.append({"method": name, "label": label, "relative_change": change, "invariant": change < 1e-6})
     return rows

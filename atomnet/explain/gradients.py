@@ -14,6 +14,9 @@ j; padding entries belong to no atom: for integrated gradients their share is ad
   integral uses ``steps`` Gauss–Legendre nodes (``quadrature=gauss-legendre``, error falls faster than any
   power of 1/steps for these smooth networks) or the midpoint Riemann sum of the paper (``riemann``). All
   steps of a small batch run together (the molecules repeated, up to 1,024 atoms per pass).
+  ``baseline=offset``: the baseline is the input layer's constant offset c instead of 0 (for CMNet's
+  input-shifted copy, whose inputs are x + c, this is the shifted baseline of Kindermans et al. 2017 that
+  makes integrated gradients input-shift invariant; for embeddings it is 0). IG_i = Σ (x − c) ∫ ∂E/∂x.
 - ``smoothgrad`` (Smilkov et al. 2017): the average of ``base`` (gradient-x-input, gradient or force-norm)
   over ``samples`` copies with Gaussian noise of σ Å on every position (seeded; the pair list of the
   unperturbed structure is kept: filters vanish smoothly at the cutoff).
@@ -34,12 +37,12 @@ from atomnet.potential import energy_and_forces
 
 
 def embedding_gradient(
-    model, batch: AtomsBatch, scale=None
+    model, batch: AtomsBatch, scale=None, about_offset: bool = False
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], Propagation]:
     """(energy (n_molecules,), [x⁰], [∂E/∂x⁰], state): one input and gradient per leaf (rows × features);
     with ``scale`` (a number or an (n_atoms, 1) tensor) the model sees scale·x⁰ and the gradient is taken
     there. ``state`` maps leaf-shaped values to atoms (:func:`~atomnet.explain.propagation.to_atoms`)."""
-    with torch.enable_grad(), embedding_leaf(model, batch, scale=scale) as state:
+    with torch.enable_grad(), embedding_leaf(model, batch, scale, about_offset) as state:
         energy = model(batch)[keys.ENERGY]
         grads = torch.autograd.grad(energy.sum(), state.leaves)
     return energy.detach(), [x.detach() for x in state.leaves], list(grads), state
@@ -125,12 +128,14 @@ class GradientXInput(Method):
 @register
 class IntegratedGradients(Method):
     name = "integrated-gradients"
-    defaults = {"steps": 16, "quadrature": "gauss-legendre"}
+    defaults = {"steps": 16, "quadrature": "gauss-legendre", "baseline": "zero"}
 
     def check(self, params):
         require(params["steps"] >= 1, self.name, f"steps must be >= 1, got {params['steps']}")
         kinds = ("gauss-legendre", "riemann")
         require(params["quadrature"] in kinds, self.name, f"quadrature must be one of {kinds}")
+        bases = ("zero", "offset")
+        require(params["baseline"] in bases, self.name, f"baseline must be one of {bases}")
 
     def attribute(self, model, batch, params):
         nodes, weights = quadrature(params["quadrature"], params["steps"])
@@ -143,7 +148,7 @@ class IntegratedGradients(Method):
             chunk = alphas[start : start + per_pass]
             big = repeat_batch(batch, len(chunk)) if len(chunk) > 1 else batch
             scale = torch.as_tensor(chunk, dtype=batch.positions.dtype).repeat_interleave(n)[:, None]
-            energy, xs, grads, state = embedding_gradient(model, big, scale=scale)
+            energy, xs, grads, state = embedding_gradient(model, big, scale, params["baseline"] == "offset")
             energies.append(energy.view(len(chunk), batch.n_molecules))
             w = torch.as_tensor(w_all[start : start + len(chunk)], dtype=batch.positions.dtype)
             parts = [(g.view(len(chunk), -1, g.shape[1]) * w[:, None, None]).sum(0) for g in grads]
@@ -152,6 +157,9 @@ class IntegratedGradients(Method):
             else:
                 total = [a + b for a, b in zip(total, parts, strict=True)]
         energy = torch.cat(energies)
+        if params["baseline"] == "offset":
+            offsets = [own[2] if own is not None else 0.0 for own in first.owners]
+            x0 = [x - c for x, c in zip(x0, offsets, strict=True)]
         values = [x * g for x, g in zip(x0, total, strict=True)]
         relevance, padding = to_atoms(first, values, rows=batch.n_molecules)
         return Attribution(energy[0], relevance, energy[1] + padding)

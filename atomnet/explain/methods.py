@@ -36,6 +36,12 @@ class Method:
     defaults: dict = {}
     units: str = "eV"
     conserving: bool = True
+    #: learns something from training structures first (:meth:`fit`; e.g. the patterns of PatternNet)
+    needs_fit: bool = False
+
+    def fit(self, model: AtomisticModel, batches, params: dict):
+        """What :meth:`attribute` needs from training data, passed back to it as ``params["fitted"]``."""
+        raise ExplanationError(f"method {self.name!r} learns nothing from data (no fit)")
 
     def check(self, params: dict) -> None:
         """Raise :class:`ExplanationError` for parameter values the method cannot use."""
@@ -108,3 +114,4 @@ def _load_all() -> None:
     import atomnet.explain.contributions  # noqa: F401
     import atomnet.explain.gradients  # noqa: F401
     import atomnet.explain.lrp  # noqa: F401
+    import atomnet.explain.patterns  # noqa: F401

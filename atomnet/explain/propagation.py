@@ -92,8 +92,8 @@ class Propagation:
 
     batch: AtomsBatch
     leaves: list[torch.Tensor] = field(default_factory=list)
-    #: per leaf: None for an embedding (rows = atoms), else the FeatureInput's owners and channels
-    owners: list[tuple[torch.Tensor, int] | None] = field(default_factory=list)
+    #: per leaf: None for an embedding (rows = atoms), else the FeatureInput's (owners, channels, offset)
+    owners: list[tuple[torch.Tensor, int, torch.Tensor] | None] = field(default_factory=list)
     absorbed: dict[str, torch.Tensor] = field(default_factory=dict)
     #: with ``attach(..., record=True)``: every rule call in forward order (for walks)
     tape: list[TapeEntry] | None = None
@@ -185,7 +185,7 @@ def to_atoms(
             a = v.sum(dim=1) if reduce == "sum" else torch.linalg.vector_norm(v, dim=1)
             p = a.new_zeros(n_mol)
         else:
-            owners, channels = own
+            owners, channels = own[0], own[1]
             owners = owners[:n_mol]
             v = v[:n_mol].reshape(n_mol, owners.shape[1], channels)
             e = v.sum(dim=2) if reduce == "sum" else torch.linalg.vector_norm(v, dim=2)
@@ -202,21 +202,28 @@ def to_atoms(
 
 @contextlib.contextmanager
 def embedding_leaf(
-    model: nn.Module, batch: AtomsBatch, scale: float | torch.Tensor | None = None
+    model: nn.Module, batch: AtomsBatch, scale: float | torch.Tensor | None = None, about_offset: bool = False
 ) -> Iterator[Propagation]:
     """Replace the input layer's output x⁰ by a leaf tensor that requires gradients: x⁰ itself, or scale·x⁰ if
     ``scale`` is given (a number, or per atom (n_atoms, 1): a point α·x⁰ on the path of integrated gradients,
-    or a mask; a feature vector's entries are scaled by :func:`feature_scale`). The leaf is ``state.leaves[-1]``
+    or a mask; a feature vector's entries are scaled by :func:`feature_scale`). ``about_offset``: scale about
+    the input layer's constant ``offset`` (a FeatureInput's shift) instead of zero, offset + s·(x⁰ − offset). The leaf is ``state.leaves[-1]``
     after the forward pass. Parameters stop requiring gradients meanwhile (restored on exit)."""
     state = Propagation(batch)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def start(module, args, output):
-        own = (module.owners, module.channels) if isinstance(module, FeatureInput) else None
+        own = (module.owners, module.channels, module.offset) if isinstance(module, FeatureInput) else None
         s = scale
         if own is not None and torch.is_tensor(s) and s.numel() > 1:
             s = feature_scale(own[0], own[1], s, batch)
-        leaf = (output if s is None else output * s).detach().requires_grad_(True)
+        if s is None:
+            leaf = output
+        elif about_offset and own is not None:
+            leaf = module.offset + s * (output - module.offset)
+        else:
+            leaf = output * s
+        leaf = leaf.detach().requires_grad_(True)
         setattr(leaf, ROWS, "atoms" if own is None else "molecules")
         state.leaves.append(leaf)
         state.owners.append(own)

@@ -121,7 +121,9 @@ class CoulombFeatures(FeatureInput):
         start = torch.cumsum(batch.n_atoms, 0) - batch.n_atoms
         atom = torch.where(order < batch.n_atoms[:, None], order + start[:, None], -1)  # sorted slot → atom
         i, j = self.triu
-        self.owners = torch.stack([atom[:, i], torch.where(i == j, -1, atom[:, j])], dim=2)
+        first, second = atom[:, i], torch.where(i == j, -1, atom[:, j])
+        first = torch.where((i != j) & (atom[:, j] < 0), -1, first)  # an entry with a padding slot is padding
+        self.owners = torch.stack([first, second], dim=2)
         return (m[:, i, j] - self.input_mean) / self.input_std
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
