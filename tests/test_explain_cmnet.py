@@ -4,6 +4,8 @@ expectations (a hand-written mapping, numpy patterns, a toy with known signal an
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -229,3 +231,32 @@ def test_masking_an_atom_zeroes_its_entries():
     full = pot.model.entries(batch, batch.positions, None)[0].detach().numpy()
     np.testing.assert_array_equal(leaf[ghost], 0.0)
     np.testing.assert_allclose(leaf[~ghost], full[~ghost])
+
+
+def test_entry_relevance_is_reported_and_maps_to_the_atoms():
+    """Explanation.features holds the relevance of every Coulomb-matrix entry; mapped by feature_atoms it
+    gives the atom relevance, padding entries give the ``padding`` ledger entry; JSON keeps both."""
+    from atomnet.explain import Explanation
+
+    pot = make_potential()
+    for name in ("lrp-gamma", "integrated-gradients", "gradient-x-input"):
+        for e in create_analyzer(name, pot).analyze(MOLS):
+            f, owners = e.features, e.feature_atoms
+            assert f.shape == (78,) and owners.shape == (78, 2)
+            atoms = np.zeros(len(e.numbers))
+            for value, (i, j) in zip(f, owners, strict=True):
+                if i >= 0:
+                    atoms[i] += value if j < 0 else value / 2
+                if j >= 0:
+                    atoms[j] += value / 2
+            np.testing.assert_allclose(atoms, e.relevance, rtol=1e-10, atol=1e-12)
+            pad = f[owners[:, 0] < 0].sum()
+            if "padding" in e.absorbed:
+                assert e.absorbed["padding"] == pytest.approx(pad, abs=1e-10)
+            back = Explanation.from_dict(json.loads(e.to_json()))
+            np.testing.assert_array_equal(back.features, f)
+            np.testing.assert_array_equal(back.feature_atoms, owners)
+    # the diagonal entries of one molecule are its atoms, once each
+    e = create_analyzer("lrp-0", pot).analyze(MOLS[0])[0]
+    diagonal = e.feature_atoms[(e.feature_atoms[:, 0] >= 0) & (e.feature_atoms[:, 1] < 0), 0]
+    assert sorted(diagonal.tolist()) == list(range(len(MOLS[0])))

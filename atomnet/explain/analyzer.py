@@ -110,6 +110,11 @@ def split_molecules(method: Method, params: dict, batch: AtomsBatch, result, ref
     absorbed = {k: np64(v) for k, v in result.absorbed.items()}
     numbers, positions = batch.numbers.cpu().numpy(), np64(batch.positions)
     units = method.units_for(params)
+    entries = None
+    if result.entries is not None:
+        values, owners = result.entries
+        start = torch.as_tensor(bounds[:-1], device=owners.device)[:, None, None]
+        entries = (np64(values), torch.where(owners >= 0, owners - start, -1).cpu().numpy())
     out = []
     for m in range(batch.n_molecules):
         a, b = bounds[m], bounds[m + 1]
@@ -125,6 +130,8 @@ def split_molecules(method: Method, params: dict, batch: AtomsBatch, result, ref
                 numbers=numbers[a:b],
                 positions=positions[a:b],
                 absorbed={k: float(v[m]) for k, v in absorbed.items()},
+                features=None if entries is None else entries[0][m],
+                feature_atoms=None if entries is None else entries[1][m],
             )
         )
     return out

@@ -26,6 +26,10 @@ class Explanation:
         numbers: (n_atoms,) atomic numbers; positions: (n_atoms, 3) Å (for pictures).
         absorbed: eV per module name: the relevance each module did not pass on (LRP), whose sum is
             ``unexplained``.
+        features: for a network on a feature vector (CMNet), the relevance of each input entry (d,) (the
+            "pixels": Coulomb-matrix entries in sorted order), ``None`` otherwise; feature_atoms (d, 2): the
+            atoms (indices in this molecule) each entry belongs to, −1 none (diagonal: second; padding: both).
+            ``relevance`` is ``features`` mapped to atoms: M_ij half to i and half to j, M_ii to i.
     """
 
     method: str
@@ -38,6 +42,8 @@ class Explanation:
     numbers: np.ndarray
     positions: np.ndarray
     absorbed: dict[str, float] = field(default_factory=dict)
+    features: np.ndarray | None = None
+    feature_atoms: np.ndarray | None = None
 
     @property
     def conserving(self) -> bool:
@@ -56,7 +62,14 @@ class Explanation:
             "numbers": np.asarray(self.numbers).astype(int).tolist(),
             "positions": np.asarray(self.positions, dtype=float).tolist(),
             "absorbed": {k: float(v) for k, v in self.absorbed.items()},
-        }
+        } | (
+            {}
+            if self.features is None
+            else {
+                "features": np.asarray(self.features, dtype=float).tolist(),
+                "feature_atoms": np.asarray(self.feature_atoms).astype(int).tolist(),
+            }
+        )
 
     def to_json(self, **kwargs) -> str:
         """The fields as a JSON string (``json.dumps`` keyword arguments pass through)."""
@@ -75,4 +88,8 @@ class Explanation:
             numbers=np.asarray(d["numbers"], dtype=int),
             positions=np.asarray(d["positions"], dtype=float).reshape(-1, 3),
             absorbed=dict(d.get("absorbed", {})),
+            features=None if d.get("features") is None else np.asarray(d["features"], dtype=float),
+            feature_atoms=None
+            if d.get("feature_atoms") is None
+            else np.asarray(d["feature_atoms"], dtype=int),
         )

@@ -32,7 +32,7 @@ import torch
 from atomnet import keys
 from atomnet.data.batch import AtomsBatch
 from atomnet.explain.methods import Attribution, Method, register, require
-from atomnet.explain.propagation import Propagation, embedding_leaf, to_atoms
+from atomnet.explain.propagation import Propagation, embedding_leaf, to_atoms, to_entries
 from atomnet.potential import energy_and_forces
 
 
@@ -99,7 +99,8 @@ class Gradient(Method):
 
     def attribute(self, model, batch, params):
         energy, _, grads, state = embedding_gradient(model, batch)
-        return Attribution(energy, to_atoms(state, grads, reduce="norm")[0], None)
+        entries = to_entries(state, grads, "norm")
+        return Attribution(energy, to_atoms(state, grads, reduce="norm")[0], None, entries=entries)
 
 
 @register
@@ -122,7 +123,8 @@ class GradientXInput(Method):
 
     def attribute(self, model, batch, params):
         energy, x0, grads, state = embedding_gradient(model, batch)
-        return Attribution(energy, to_atoms(state, [x * g for x, g in zip(x0, grads, strict=True)])[0], None)
+        values = [x * g for x, g in zip(x0, grads, strict=True)]
+        return Attribution(energy, to_atoms(state, values)[0], None, entries=to_entries(state, values))
 
 
 @register
@@ -162,7 +164,8 @@ class IntegratedGradients(Method):
             x0 = [x - c for x, c in zip(x0, offsets, strict=True)]
         values = [x * g for x, g in zip(x0, total, strict=True)]
         relevance, padding = to_atoms(first, values, rows=batch.n_molecules)
-        return Attribution(energy[0], relevance, energy[1] + padding)
+        entries = to_entries(first, values, rows=batch.n_molecules)
+        return Attribution(energy[0], relevance, energy[1] + padding, entries=entries)
 
 
 @register

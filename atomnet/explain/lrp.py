@@ -27,7 +27,7 @@ from torch import nn
 
 from atomnet import keys
 from atomnet.explain.methods import Attribution, Method, register, require
-from atomnet.explain.propagation import Composite, attach, to_atoms
+from atomnet.explain.propagation import Composite, attach, to_atoms, to_entries
 from atomnet.explain.rules import (
     AlphaBeta,
     ConstantFilter,
@@ -78,7 +78,7 @@ def propagate(model, batch, comp: Composite) -> Attribution:
     if any(own is not None for own in state.owners):
         absorbed["padding"] = padding.detach().to(energy.dtype)
     unexplained = sum(absorbed.values(), torch.zeros_like(energy))
-    return Attribution(energy.detach(), relevance, unexplained.detach(), absorbed)
+    return Attribution(energy.detach(), relevance, unexplained.detach(), absorbed, to_entries(state, grads))
 
 
 class LRPMethod(Method):

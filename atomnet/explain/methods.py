@@ -20,12 +20,15 @@ from atomnet.models.base import AtomisticModel
 @dataclass
 class Attribution:
     """Relevance of every atom of a batch: ``energy`` (n_molecules,) eV, ``relevance`` (n_atoms,),
-    ``unexplained`` (n_molecules,) eV or ``None``, ``absorbed`` {module name: (n_molecules,) eV}."""
+    ``unexplained`` (n_molecules,) eV or ``None``, ``absorbed`` {module name: (n_molecules,) eV}; for a
+    network on a feature vector also ``entries`` = (relevance per entry (n_molecules, d), owners
+    (n_molecules, d, 2) batch atom indices, −1 none) from :func:`~atomnet.explain.propagation.to_entries`."""
 
     energy: torch.Tensor
     relevance: torch.Tensor
     unexplained: torch.Tensor | None
     absorbed: dict[str, torch.Tensor] = field(default_factory=dict)
+    entries: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class Method:

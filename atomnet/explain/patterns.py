@@ -37,7 +37,7 @@ from torch import nn
 from atomnet import keys
 from atomnet.errors import ExplanationError
 from atomnet.explain.methods import Attribution, Method, register, require
-from atomnet.explain.propagation import Composite, attach, to_atoms
+from atomnet.explain.propagation import Composite, attach, to_atoms, to_entries
 from atomnet.explain.rules import Rule, safe_divide
 from atomnet.nn.activations import ShiftedSoftplus
 from atomnet.nn.ops import (
@@ -236,8 +236,10 @@ class PatternMethod(Method):
         with torch.enable_grad(), attach(model, comp, batch) as state:
             energy = model(batch)[keys.ENERGY]
             grads = torch.autograd.grad(energy.sum(), state.leaves)  # start from 1 per molecule (docstring)
-        relevance, _ = to_atoms(state, grads, reduce="sum" if self.attribution else "norm")
-        return Attribution(energy.detach(), relevance.detach(), None)
+        reduce = "sum" if self.attribution else "norm"
+        relevance, _ = to_atoms(state, grads, reduce)
+        entries = to_entries(state, [g.detach() for g in grads], reduce)
+        return Attribution(energy.detach(), relevance.detach(), None, entries=entries)
 
 
 @register

@@ -162,6 +162,25 @@ def feature_scale(owners: torch.Tensor, channels: int, atom_scale: torch.Tensor,
     return per_entry.repeat_interleave(channels, dim=1)
 
 
+def to_entries(
+    state: Propagation,
+    values: list[torch.Tensor] | torch.Tensor,
+    reduce: str = "sum",
+    rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Leaf-shaped ``values`` per entry of a feature vector: ((n_molecules, d), owners (n_molecules, d, 2)),
+    summed (or the L2 norm) over each entry's channels; ``None`` unless the model has exactly one feature
+    leaf (embeddings have no entries; several random sortings have entries that do not line up)."""
+    values = [values] if torch.is_tensor(values) else list(values)
+    if len(state.owners) != 1 or state.owners[0] is None:
+        return None
+    owners, channels = state.owners[0][0], state.owners[0][1]
+    n_mol = state.batch.n_molecules if rows is None else rows
+    v = values[0][:n_mol].reshape(n_mol, owners.shape[1], channels)
+    e = v.sum(dim=2) if reduce == "sum" else torch.linalg.vector_norm(v, dim=2)
+    return e, owners[:n_mol]
+
+
 def to_atoms(
     state: Propagation,
     values: list[torch.Tensor] | torch.Tensor,
