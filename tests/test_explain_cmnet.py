@@ -260,3 +260,20 @@ def test_entry_relevance_is_reported_and_maps_to_the_atoms():
     e = create_analyzer("lrp-0", pot).analyze(MOLS[0])[0]
     diagonal = e.feature_atoms[(e.feature_atoms[:, 0] >= 0) & (e.feature_atoms[:, 1] < 0), 0]
     assert sorted(diagonal.tolist()) == list(range(len(MOLS[0])))
+
+
+def test_entry_picture(tmp_path):
+    from atomnet.explain.plots import entry_matrix, plot_entries
+
+    pot = make_potential()
+    e = create_analyzer("lrp-epsilon", pot).analyze(MOLS[0])[0]
+    matrix, labels = entry_matrix(e)
+    n = len(MOLS[0])
+    assert matrix.shape == (n, n) and np.allclose(matrix, matrix.T) and len(labels) == n
+    # the matrix holds every real entry once above the diagonal: its sum counts off-diagonals twice
+    real = e.features[e.feature_atoms[:, 0] >= 0]
+    assert np.triu(matrix).sum() == pytest.approx(real.sum(), abs=1e-12)
+    out = plot_entries([e], tmp_path / "entries.png")
+    assert out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no entry relevance"):
+        entry_matrix(create_analyzer("force-norm", pot).analyze(MOLS[0])[0])

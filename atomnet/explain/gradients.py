@@ -93,7 +93,7 @@ ATOMS_PER_PASS = 1024
 @register
 class Gradient(Method):
     name = "gradient"
-    units = "eV per embedding unit"
+    units = "eV per input unit"  # per embedding feature, or per Coulomb-matrix channel
     conserving = False
     defaults: dict = {}
 

@@ -78,7 +78,7 @@ def _title(e: Explanation, index: int | None = None) -> str:
     return f"{head}{formula}  E = {e.energy:.3f} eV\n{e.method}"
 
 
-def _panel(fig, ax, e: Explanation, index: int) -> None:
+def _panel(fig, ax, e: Explanation, index: int | None) -> None:
     """One molecule coloured by its relevance, with title and zero-centred colour bar."""
     norm = symmetric_norm(e.relevance)
     draw_molecule(ax, e.numbers, e.positions, e.relevance, norm)
@@ -239,5 +239,45 @@ def plot_fidelity(results: dict, path: str | os.PathLike) -> Path:
         ax.set_title(f"{method}\nPearson r = {res['pearson']:.3f}", fontsize=9)
         ax.set_xlabel("Σ relevance of S")
         ax.set_ylabel("f(M) − f(M ∖ S) (eV)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def entry_matrix(e: Explanation) -> tuple[np.ndarray, list[str]]:
+    """The entry relevance of a Coulomb-matrix network as a symmetric (n, n) matrix over the molecule's
+    sorted real slots (padding dropped), and the atom label of each row (``Explanation.features`` holds the
+    upper triangle with diagonal of the sorted matrix)."""
+    if e.features is None:
+        raise ValueError(f"{e.method}: this explanation has no entry relevance (not a feature-vector model)")
+    d = len(e.features)
+    size = int(round((np.sqrt(8 * d + 1) - 1) / 2))
+    iu = np.triu_indices(size)
+    full = np.zeros((size, size))
+    full[iu] = e.features
+    full = full + np.triu(full, 1).T
+    diag = e.feature_atoms[iu[0] == iu[1]]
+    real = np.flatnonzero(diag[:, 0] >= 0)
+    labels = [_labels(e.numbers)[a] for a in diag[real, 0]]
+    return full[np.ix_(real, real)], labels
+
+
+def plot_entries(explanations: Sequence[Explanation], path: str | os.PathLike) -> Path:
+    """For each explanation of a Coulomb-matrix network: the molecule coloured by atom relevance and, beside
+    it, the relevance of every entry M_ij of its sorted matrix (the "pixels"; an off-diagonal entry is shown
+    in both triangles and counts once)."""
+    import matplotlib.pyplot as plt
+
+    shown = list(explanations)
+    fig, axes = plt.subplots(len(shown), 2, figsize=(9.5, 4.0 * len(shown)), squeeze=False)
+    for r, e in enumerate(shown):
+        _panel(fig, axes[r, 0], e, None)
+        matrix, labels = entry_matrix(e)
+        norm = symmetric_norm(matrix)
+        ax = axes[r, 1]
+        ax.imshow(matrix, cmap=CMAP, norm=norm)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.set_title(f"relevance of the sorted Coulomb-matrix entries\n{e.method}", fontsize=9)
+        _colorbar(fig, ax, norm, f"relevance ({e.units})")
     fig.tight_layout()
     return save_figure(fig, path)
