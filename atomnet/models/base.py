@@ -22,8 +22,46 @@ def constructor_arguments(local_vars: dict) -> dict:
     return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
 
 
+class PropertyHead(nn.Module):
+    """The output of one extra target (multitask learning): a network on the shared representation, its own
+    standardisation (value_i = y_i·std + mean + atomref[Z_i]) and readout (sum, or mean for intensive
+    targets). Shapes: representation (n_atoms, F) → (n_molecules,) in the target's internal unit."""
+
+    def __init__(self, name: str, network: nn.Module, max_z: int, reduce: str):
+        super().__init__()
+        self.name = name
+        self.output = network
+        self.standardize = Standardize(max_z)
+        self.aggregate = AtomToMolecule(reduce)
+
+    def forward(self, representation: torch.Tensor, batch: AtomsBatch) -> torch.Tensor:
+        y = self.output(representation).squeeze(-1)
+        return self.aggregate(self.standardize(y, batch.numbers), batch.molecule, batch.n_molecules)
+
+
+def check_properties(properties) -> list[dict]:
+    """``[{"name": str, "reduce": "sum" | "mean"}, ...]`` with unique names, or a ValueError."""
+    out, seen = [], set()
+    for p in properties or []:
+        if not isinstance(p, dict) or "name" not in p:
+            raise ValueError(f"properties: each entry needs a name, got {p!r}")
+        name, reduce = str(p["name"]), str(p.get("reduce", "sum"))
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"properties: reduce of {name!r} must be 'sum' or 'mean', got {reduce!r}")
+        if name in seen or name in (keys.ENERGY, keys.FORCES, keys.ATOMIC_ENERGIES, keys.STRESS):
+            raise ValueError(f"properties: {name!r} is repeated or a reserved output name")
+        seen.add(name)
+        out.append({"name": name, "reduce": reduce})
+    return out
+
+
 class AtomisticModel(nn.Module):
-    """Base class. ``hparams`` holds the constructor arguments (saved with the weights); ``cutoff`` in Å."""
+    """Base class. ``hparams`` holds the constructor arguments (saved with the weights); ``cutoff`` in Å.
+
+    Multitask: ``properties`` (a constructor argument of every model) names extra targets predicted next to
+    the energy (the first target): one :class:`PropertyHead` per property on the shared representation,
+    predictions ``out[name]`` (n_molecules,). Forces and explanations belong to the first target.
+    """
 
     name: str = ""
 
@@ -34,6 +72,30 @@ class AtomisticModel(nn.Module):
         self.hparams = dict(hparams)
         self.standardize = Standardize(max_z)
         self.aggregate = AtomToMolecule(reduce)
+        self.heads = nn.ModuleDict()
+
+    def build_heads(self, properties, make_network) -> None:
+        """One :class:`PropertyHead` per entry of ``properties``; ``make_network()`` builds its network."""
+        props = check_properties(properties)
+        self.hparams["properties"] = props or None
+        for p in props:
+            key = "".join(c if c.isalnum() else "_" for c in p["name"])
+            self.heads[key] = PropertyHead(p["name"], make_network(), self.max_z, p["reduce"])
+
+    @property
+    def properties(self) -> list[str]:
+        """Names of the extra targets, in order."""
+        return [h.name for h in self.heads.values()]
+
+    def head(self, name: str) -> PropertyHead:
+        for h in self.heads.values():
+            if h.name == name:
+                return h
+        raise KeyError(f"model has no property {name!r}; properties: {self.properties}")
+
+    def property_outputs(self, representation: torch.Tensor, batch: AtomsBatch) -> dict[str, torch.Tensor]:
+        """{name: (n_molecules,)} of every extra target from the per-atom representation."""
+        return {h.name: h(representation, batch) for h in self.heads.values()}
 
     def radial(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Radial basis (n, n_rbf) and cutoff values (n,) of the pair distances.
@@ -53,7 +115,8 @@ class AtomisticModel(nn.Module):
         return []
 
     def atomic_outputs(self, batch: AtomsBatch, vectors: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Raw per-atom outputs y_i (n_atoms,) and extra results (e.g. hidden states).
+        """Raw per-atom outputs y_i (n_atoms,) and extra results (e.g. hidden states; ``"representation"``,
+        the final per-atom features, when the model has property heads).
 
         ``vectors``: pair vectors, Å, one per unordered pair of a mirrored batch (see :meth:`radial`).
         """
@@ -68,8 +131,11 @@ class AtomisticModel(nn.Module):
         """
         vectors = batch.pair_vectors(positions, cell, unique=True)  # mirrored: (n_pairs / 2, 3)
         y, extra = self.atomic_outputs(batch, vectors)
+        representation = extra.pop("representation", None)
         atomic = self.standardize(y, batch.numbers)
         energy = self.aggregate(atomic, batch.molecule, batch.n_molecules)
+        if len(self.heads):
+            extra.update(self.property_outputs(representation, batch))
         return {keys.ATOMIC_ENERGIES: atomic, keys.ENERGY: energy, **extra}
 
     def set_statistics(self, mean: float = 0.0, std: float = 1.0, atomref=None) -> None:

@@ -52,6 +52,8 @@ class CMNet(AtomisticModel):
         sigma: noise of the random sorting during training (paper: 1).
         test_sortings: at evaluation, average over this many random sortings (1: the sorted matrix only).
         max_z, reduce: as for SchNet.
+        properties: extra targets (multitask, Montavon et al. 2013): the hidden layers are shared, each
+            property has its own last dense layer on the last hidden layer (one output per target).
     """
 
     name = "cmnet"
@@ -68,6 +70,7 @@ class CMNet(AtomisticModel):
         test_sortings: int = 1,
         max_z: int = 100,
         reduce: str = "sum",
+        properties: list[dict] | None = None,
     ):
         hparams = constructor_arguments(locals())
         hparams["hidden"] = list(hidden)
@@ -84,6 +87,7 @@ class CMNet(AtomisticModel):
         layers.append(nn.Linear(width, 1))
         self.output = nn.Sequential(*layers)
         self.to_atoms = MoleculeToAtoms()
+        self.build_heads(properties, lambda: nn.Linear(width, 1))
         self.register_load_state_dict_pre_hook(_legacy_keys)
 
     def entries(self, batch: AtomsBatch, positions: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
@@ -93,16 +97,26 @@ class CMNet(AtomisticModel):
     def molecular_output(self, batch: AtomsBatch, positions: torch.Tensor) -> torch.Tensor:
         """Network output per molecule (n_molecules,), averaged over random sortings where asked (the mean
         is linear: relevance splits equally among the draws)."""
+        return self.molecular_outputs(batch, positions)[0]
+
+    def molecular_outputs(
+        self, batch: AtomsBatch, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output (n_molecules,), last hidden layer (n_molecules, H)), each averaged over the sortings."""
         draws = 1 if self.training else max(1, self.test_sortings)
-        outs = []
+        outs, hidden = [], []
         for _ in range(draws):
             noise = None
             if self.training or draws > 1:
                 noise = self.sigma * torch.randn(
                     batch.n_molecules, self.max_atoms, dtype=positions.dtype, device=positions.device
                 )
-            outs.append(self.output(self.features(batch, positions, noise)).squeeze(-1))
-        return outs[0] if draws == 1 else torch.stack(outs).mean(0)
+            h = self.output[:-1](self.features(batch, positions, noise))
+            outs.append(self.output[-1](h).squeeze(-1))
+            hidden.append(h)
+        if draws == 1:
+            return outs[0], hidden[0]
+        return torch.stack(outs).mean(0), torch.stack(hidden).mean(0)
 
     def forward(
         self, batch: AtomsBatch, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None
@@ -110,10 +124,13 @@ class CMNet(AtomisticModel):
         from atomnet import keys
 
         pos = batch.positions if positions is None else positions
-        y = self.molecular_output(batch, pos)
+        y, hidden = self.molecular_outputs(batch, pos)
         atomic = self.standardize(self.to_atoms(y, batch.molecule), batch.numbers)
         energy = self.aggregate(atomic, batch.molecule, batch.n_molecules)
-        return {keys.ATOMIC_ENERGIES: atomic, keys.ENERGY: energy}
+        out = {keys.ATOMIC_ENERGIES: atomic, keys.ENERGY: energy}
+        if len(self.heads):  # every atom sees its molecule's hidden layer (as y above)
+            out.update(self.property_outputs(self.to_atoms(hidden, batch.molecule), batch))
+        return out
 
     @torch.no_grad()
     def set_input_statistics(self, batch: AtomsBatch) -> None:

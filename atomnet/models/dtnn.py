@@ -67,7 +67,7 @@ class DTNN(AtomisticModel):
         rbf_width: σ in Å (paper 0.2).
         cutoff: Å (paper: no cutoff; 20 Å keeps every pair of a small molecule).
         n_hidden: hidden units of the per-atom tanh readout.
-        max_z, reduce, cutoff_fn, guard_denormals: as in :class:`~atomnet.models.schnet.SchNet`.
+        max_z, reduce, cutoff_fn, guard_denormals, properties: as in :class:`~atomnet.models.schnet.SchNet`.
 
     Set ``model.return_hidden = True`` to also get ``"hidden_states"`` (T+1, n_atoms, F): c_i after each pass,
     used for chemical-potential probe maps.
@@ -89,6 +89,7 @@ class DTNN(AtomisticModel):
         max_z: int = 100,
         reduce: str = "sum",
         guard_denormals: bool = True,
+        properties: list[dict] | None = None,
     ):
         hparams = constructor_arguments(locals())
         super().__init__(cutoff, max_z, reduce, hparams)
@@ -103,7 +104,12 @@ class DTNN(AtomisticModel):
             DTNNInteraction(n_atom_basis, n_factors, n_rbf) for _ in range(n_blocks)
         )
         self.n_interactions = n_interactions
-        self.output = nn.Sequential(nn.Linear(n_atom_basis, n_hidden), Tanh(), nn.Linear(n_hidden, 1))
+
+        def readout() -> nn.Sequential:  # the per-atom tanh readout (also of every property head)
+            return nn.Sequential(nn.Linear(n_atom_basis, n_hidden), Tanh(), nn.Linear(n_hidden, 1))
+
+        self.output = readout()
+        self.build_heads(properties, readout)
         self.return_hidden = False
 
     def distance_filters(self) -> list[str]:
@@ -119,4 +125,6 @@ class DTNN(AtomisticModel):
             x = block(x, rbf, fcut, batch.pair_i, batch.pair_j)
             hidden.append(x)
         extra = {"hidden_states": torch.stack(hidden)} if self.return_hidden else {}
+        if len(self.heads):
+            extra["representation"] = x
         return self.output(x).squeeze(-1), extra

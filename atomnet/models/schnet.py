@@ -57,6 +57,8 @@ class SchNet(AtomisticModel):
         cutoff_fn: ``"cosine"`` (paper) or ``"polynomial"``.
         max_z: largest atomic number the embedding accepts.
         reduce: ``"sum"`` (energies) or ``"mean"`` (intensive targets).
+        properties: extra targets ``[{"name": ..., "reduce": "sum" | "mean"}]``, each with its own output
+            network on the final atom features (multitask; :class:`~atomnet.models.base.PropertyHead`).
         guard_denormals: clamp the Gaussian exponent (see :mod:`atomnet.nn.basis`).
     """
 
@@ -73,6 +75,7 @@ class SchNet(AtomisticModel):
         max_z: int = 100,
         reduce: str = "sum",
         guard_denormals: bool = True,
+        properties: list[dict] | None = None,
     ):
         hparams = constructor_arguments(locals())
         super().__init__(cutoff, max_z, reduce, hparams)
@@ -82,9 +85,13 @@ class SchNet(AtomisticModel):
         self.interactions = nn.ModuleList(
             SchNetInteraction(n_atom_basis, n_filters, n_rbf) for _ in range(n_interactions)
         )
-        self.output = nn.Sequential(
-            nn.Linear(n_atom_basis, n_atom_basis // 2), ShiftedSoftplus(), nn.Linear(n_atom_basis // 2, 1)
-        )
+
+        def readout() -> nn.Sequential:  # the per-atom output network (also of every property head)
+            h = n_atom_basis // 2
+            return nn.Sequential(nn.Linear(n_atom_basis, h), ShiftedSoftplus(), nn.Linear(h, 1))
+
+        self.output = readout()
+        self.build_heads(properties, readout)
 
     def distance_filters(self) -> list[str]:
         """The filter networks W(r_ij), one per interaction block."""
@@ -95,4 +102,4 @@ class SchNet(AtomisticModel):
         x = self.embedding(batch.numbers)
         for interaction in self.interactions:
             x = interaction(x, rbf, fcut, batch.pair_i, batch.pair_j)
-        return self.output(x).squeeze(-1), {}
+        return self.output(x).squeeze(-1), ({"representation": x} if len(self.heads) else {})

@@ -75,7 +75,7 @@ def train(
     from atomnet.data.splits import load_split
     from atomnet.models import build_model
     from atomnet.potential import Potential
-    from atomnet.training.datamodule import StoreDataModule
+    from atomnet.training.datamodule import StoreDataModule, resolve_targets
     from atomnet.training.lightning_module import PotentialModule
 
     t0 = time.perf_counter()
@@ -88,6 +88,11 @@ def train(
     else:
         run_dir = Path(run_dir) if run_dir else _unique_dir(Path(t.out_dir) / t.name)
     run_dir.mkdir(parents=True, exist_ok=True)
+    properties = resolve_targets(cfg, progress=not quiet)  # several targets: names from the store
+    if cfg.data.targets is not None:
+        cfg.model.hparams["properties"] = properties or None
+        if cfg.data.targets[0] in cfg.data.intensive:
+            cfg.model.hparams["reduce"] = "mean"
     cfg.save(run_dir / "config.yaml")
 
     pl.seed_everything(t.seed, workers=True, verbose=False)
@@ -97,10 +102,16 @@ def train(
     dm.prepare(load_split(split_file) if resume is not None and split_file.exists() else None)
     atomref, mean, std = dm.statistics(model.max_z)
     model.set_statistics(mean, std, atomref)
+    spreads = {}
+    if cfg.data.targets is not None:
+        for name in cfg.data.targets:
+            ref, m, sd, spreads[name] = dm.target_statistics(name, model.max_z)
+            if name in dm.properties:
+                model.head(name).standardize.set(m, sd, ref)
     if hasattr(model, "set_input_statistics") and resume is None:  # e.g. CMNet's per-entry standardisation
         train = dm.dataset("train")
         model.set_input_statistics(train.__getitems__(list(range(min(len(train), 2000)))))
-    module = PotentialModule(Potential(model), cfg)
+    module = PotentialModule(Potential(model), cfg, spreads)
 
     checkpoint = ModelCheckpoint(
         dirpath=run_dir,
@@ -198,12 +209,14 @@ def finish(cfg: Config, dm, best: str, run_dir: Path, train_s: float) -> dict:
         run_dir / part,
         title=f"{cfg.model.name} {part} set",
         plots=cfg.train.plots,
+        units=dm.property_units(),
     )
     model_meta = {
         "dataset": cfg.data.path,
         "energy_key": cfg.data.energy_key,
         "source_energy_unit": cfg.data.energy_unit,
-        "units": {"energy": "eV", "forces": "eV/Angstrom", "positions": "Angstrom"},
+        "units": {"energy": "eV", "forces": "eV/Angstrom", "positions": "Angstrom", **dm.property_units()},
+        "targets": cfg.data.targets,
         "split_sizes": {k: int(len(dm.split[k])) for k in ("train", "val", "test")},
         "split_mode": cfg.data.split_mode if cfg.data.split_file is None else f"file {cfg.data.split_file}",
         "evaluated_on": part,

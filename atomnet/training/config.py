@@ -58,6 +58,11 @@ class DataConfig:
         split_file: an ``.npz`` split (:mod:`atomnet.data.splits`) that replaces ``split``.
     cutoff: neighbour cutoff in Å (``null``: the model's cutoff). batch_size: molecules per batch.
     atomrefs: ``fit`` per-element reference energies on the training split, or ``none`` (mean only).
+    targets: several properties at once (multitask), e.g. ``[U0, homo, lumo, gap]`` (names matched to the
+        store's case-insensitively): the first is trained like ``energy_key`` (which it replaces; forces
+        belong to it), every other one gets its own output head (``model.properties``). ``null``: one target.
+    intensive: targets with a mean readout instead of the sum over atoms (default: QM9's homo, lumo and gap
+        among the targets); their standardisation uses the mean and std of the molecular values.
     """
 
     path: str = "data/ethanol_xtb.extxyz"
@@ -76,13 +81,17 @@ class DataConfig:
     num_workers: int = 0
     atomrefs: str = "fit"
     cache_dir: str | None = None
+    targets: list[str] | None = None
+    intensive: list[str] | None = None
 
 
 @dataclass
 class OptimConfig:
     """Optimiser, schedule and loss.
 
-    Loss = energy_weight · MSE(E) + forces_weight · MSE(F), in eV² and (eV/Å)².
+    Loss = energy_weight · MSE(E) + forces_weight · MSE(F), in eV² and (eV/Å)². With several targets
+    (``data.targets``) each extra target p adds energy_weight · w_p · (σ_E/σ_p)² · MSE(p): its error in units of
+    its training spread σ_p, weighted like the first target; ``target_weights`` {name: w_p} (default 1).
     scheduler: ``plateau`` (ReduceLROnPlateau on val_loss: plateau_factor, plateau_patience epochs),
     ``cosine`` (per step, down to min_lr) or ``none``; warmup_steps: linear warm-up from 0.
     ema_decay: exponential moving average of the weights used for validation/export (``null``: off).
@@ -100,6 +109,7 @@ class OptimConfig:
     ema_decay: float | None = None
     energy_weight: float = 0.01
     forces_weight: float = 0.99
+    target_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,6 +275,23 @@ def config_from_dict(raw: dict | None) -> Config:
             if allowed is not None and kwargs[key] not in allowed:
                 raise ConfigError(f"{section}.{key}: expected one of {list(allowed)}, got {value!r}")
         setattr(cfg, section, cls(**kwargs))
+    targets = cfg.data.targets
+    if targets is not None:
+        if not targets:
+            raise ConfigError("data.targets: expected at least one property name, got []")
+        lowered = [t.lower() for t in targets]
+        if len(set(lowered)) != len(lowered):
+            raise ConfigError(f"data.targets: repeated names in {targets}")
+        for name, w in cfg.optim.target_weights.items():
+            if name.lower() not in lowered:
+                raise ConfigError(f"optim.target_weights: {name!r} is not one of data.targets {targets}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"optim.target_weights.{name}: expected a number >= 0, got {w!r}")
+        for name in cfg.data.intensive or []:
+            if name.lower() not in lowered:
+                raise ConfigError(f"data.intensive: {name!r} is not one of data.targets {targets}")
+    elif cfg.optim.target_weights or cfg.data.intensive:
+        raise ConfigError("optim.target_weights / data.intensive need data.targets (several targets)")
     if len(cfg.data.split) != 3:
         raise ConfigError(f"data.split: expected [n_train, n_val, n_test], got {cfg.data.split}")
     if any(s > 1 for s in cfg.data.split):  # counts

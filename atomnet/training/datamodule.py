@@ -102,6 +102,64 @@ def check_store(path: str | Path, cfg: DataConfig, need_forces: bool) -> dict:
         return {"energy_unit": source_unit or cfg.energy_unit, "n_molecules": store.n_molecules}
 
 
+#: QM9 properties that are intensive (mean readout) unless ``data.intensive`` says otherwise
+INTENSIVE = ("homo", "lumo", "gap")
+
+
+def cache_dir_of(cfg: Config) -> str:
+    return cfg.data.cache_dir or str(Path(cfg.train.out_dir).resolve() / "cache")
+
+
+def resolve_targets(cfg: Config, progress: bool = True) -> list[dict]:
+    """For several targets (``data.targets``): match the names to the store's per-molecule properties
+    (case-insensitively), set ``data.targets``/``data.intensive`` to the store's names and ``data.energy_key``
+    to the first, and return the extra targets as model ``properties`` [{"name", "reduce"}].
+
+    Raises :class:`ConfigError` naming a target the store does not have (with the available names)."""
+    d = cfg.data
+    if d.targets is None:
+        return []
+    store = cached_store(d, cache_dir_of(cfg), progress)
+    with Store(store) as s:
+        available = [n for n in s.property_names if not s.is_per_atom(n)]
+    by_lower = {n.lower(): n for n in available}
+    resolved = []
+    for t in d.targets:
+        if t.lower() not in by_lower:
+            raise ConfigError(
+                f"data.targets: store {store} has no per-molecule property {t!r}; available: {available}"
+            )
+        resolved.append(by_lower[t.lower()])
+    wanted = [t.lower() for t in d.intensive] if d.intensive is not None else list(INTENSIVE)
+    d.targets = resolved
+    d.intensive = [t for t in resolved if t.lower() in wanted]
+    d.energy_key = resolved[0]
+    return [{"name": t, "reduce": "mean" if t in d.intensive else "sum"} for t in resolved[1:]]
+
+
+def property_statistics(
+    store: str | Path, key: str, idx: np.ndarray, max_z: int, reduce: str, atomrefs: str
+) -> tuple[np.ndarray | None, float, float, float]:
+    """(atomref or None, mean, std, spread) of a per-molecule target over the molecules ``idx``.
+
+    Sum readout: per-element references fitted by least squares (``atomrefs="fit"``) and the per-atom mean and
+    std of the rest; mean readout: no references, mean and std of the molecular values. ``spread``: std over
+    molecules of what the network must learn (the value minus its references), for the loss weights."""
+    from atomnet.data.stats import _energies, fit_atomrefs
+
+    values, n_atoms, counts = _energies(store, key, idx)
+    if reduce == "mean":
+        std = max(float(np.std(values)), 1e-6)
+        return None, float(np.mean(values)), std, std
+    if atomrefs == "fit":
+        atomref, mean, std = fit_atomrefs(store, key, idx, max_z=max_z)
+        rest = values - counts[:, : max_z + 1] @ atomref
+    else:
+        atomref, mean, std = None, float(np.mean(values / n_atoms)), float(np.std(values / n_atoms))
+        rest = values
+    return atomref, mean, max(std, 1e-3), max(float(np.std(rest - mean * n_atoms)), 1e-6)
+
+
 def make_split(cfg: DataConfig, n: int, seed: int) -> Split:
     """The split of a store of ``n`` molecules: from ``split_file``, or ``split`` + ``split_mode``."""
     if cfg.split_file is not None:
@@ -160,9 +218,11 @@ def open_dataset(
     forces_key: str | None,
     indices=None,
     dtype: torch.dtype = torch.float32,
+    properties: Sequence[str] = (),
 ) -> TrainingDataset:
-    """A dataset over ``store`` yielding batches with ``energy`` (and ``forces``) targets in eV, eV/Å."""
-    targets = [energy_key] + ([forces_key] if forces_key else [])
+    """A dataset over ``store`` yielding batches with ``energy`` (and ``forces``) targets in eV, eV/Å, and
+    the extra target ``properties`` under their own names (internal units)."""
+    targets = [energy_key] + list(properties) + ([forces_key] if forces_key else [])
     ds = TrainingDataset(store, cutoff, targets=targets, indices=indices, dtype=dtype, energy_key=energy_key)
     ds.forces_key = forces_key
     return ds
@@ -193,8 +253,7 @@ class StoreDataModule(pl.LightningDataModule):
     def prepare(self, split: Split | None = None) -> None:
         """Convert (if needed), check the store against the config, split (or take ``split``), save the split."""
         d = self.cfg.data
-        cache = d.cache_dir or str(Path(self.cfg.train.out_dir).resolve() / "cache")
-        self.store_path = cached_store(d, cache, self.progress)
+        self.store_path = cached_store(d, cache_dir_of(self.cfg), self.progress)
         self.info = check_store(self.store_path, d, self.need_forces)
         n = self.info["n_molecules"]
         self.split = check_split(split, n) if split is not None else make_split(d, n, self.cfg.train.seed)
@@ -205,12 +264,36 @@ class StoreDataModule(pl.LightningDataModule):
         if self.run_dir is not None:
             save_split(self.run_dir / "split.npz", self.split)
 
+    @property
+    def properties(self) -> list[str]:
+        """The extra targets (``data.targets`` after the first)."""
+        return list(self.cfg.data.targets[1:]) if self.cfg.data.targets else []
+
+    def property_units(self) -> dict[str, str]:
+        """Internal unit of every extra target, from the store."""
+        if not self.properties:
+            return {}
+        with Store(self.store_path) as store:
+            return {name: store.unit(name) for name in self.properties}
+
+    def reduce_of(self, name: str) -> str:
+        return "mean" if name in (self.cfg.data.intensive or []) else "sum"
+
+    def target_statistics(self, name: str, max_z: int) -> tuple[np.ndarray | None, float, float, float]:
+        """(atomref, mean, std, spread) of target ``name`` on the training split (:func:`property_statistics`)."""
+        assert self.store_path is not None and self.split is not None, "call prepare() first"
+        return property_statistics(
+            self.store_path, name, self.split.train, max_z, self.reduce_of(name), self.cfg.data.atomrefs
+        )
+
     def statistics(self, max_z: int) -> tuple[np.ndarray | None, float, float]:
         """(atomref (max_z+1,) eV or None, per-atom mean eV, per-atom std eV) of the training split."""
         from atomnet.data.stats import fit_atomrefs, mean_energy_per_atom
 
         assert self.store_path is not None and self.split is not None, "call prepare() first"
         key, idx = self.cfg.data.energy_key, self.split.train
+        if self.cfg.data.targets is not None:  # several targets: the first may be intensive
+            return self.target_statistics(key, max_z)[:3]
         if self.cfg.data.atomrefs == "fit":
             atomref, mean, std = fit_atomrefs(self.store_path, key, idx, max_z=max_z)
             return atomref, mean, max(std, 1e-3)
@@ -226,7 +309,9 @@ class StoreDataModule(pl.LightningDataModule):
         if fk is not None:
             with Store(self.store_path) as store:
                 fk = fk if fk in store.atom_property_names else None
-        return open_dataset(self.store_path, self.cutoff, d.energy_key, fk, self.split[part], self.dtype)
+        return open_dataset(
+            self.store_path, self.cutoff, d.energy_key, fk, self.split[part], self.dtype, self.properties
+        )
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(part)

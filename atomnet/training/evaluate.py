@@ -33,12 +33,15 @@ def predict(
     """Predictions and references over ``dataset`` (batches with ``energy``/``forces`` targets).
 
     Returns numpy arrays: ``energy``/``energy_ref`` (n_molecules,) eV, ``n_atoms`` (n_molecules,),
-    ``index`` (n_molecules,) store indices, and if available ``forces``/``forces_ref`` (n_atoms_total, 3) eV/Å.
+    ``index`` (n_molecules,) store indices, if available ``forces``/``forces_ref`` (n_atoms_total, 3) eV/Å,
+    and for a multitask model ``<name>``/``<name>_ref`` (n_molecules,) of every extra target whose reference
+    the dataset carries (their names in ``properties``).
     """
     from atomnet.training.datamodule import INDEX
 
     potential = potential.eval()
     parts: dict[str, list[np.ndarray]] = {}
+    names: list[str] = []
     for start in range(0, len(dataset), batch_size):
         batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
         want_f = forces and keys.FORCES in batch.targets
@@ -53,15 +56,22 @@ def predict(
         if want_f:
             rows["forces"] = out[keys.FORCES]
             rows["forces_ref"] = batch.targets[keys.FORCES]
+        names = [p for p in potential.model.properties if p in batch.targets]
+        for name in names:
+            rows[name], rows[f"{name}_ref"] = out[name], batch.targets[name]
         for k, v in rows.items():
             parts.setdefault(k, []).append(
                 v.detach().cpu().double().numpy() if v.is_floating_point() else v.numpy()
             )
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    if names:
+        out["properties"] = np.array(names)
+    return out
 
 
-def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """MAE/RMSE of energy (eV and kcal/mol, total and per atom) and force components (eV/Å, kcal/mol/Å)."""
+def compute_metrics(pred: dict[str, np.ndarray], units: dict[str, str] | None = None) -> dict[str, float]:
+    """MAE/RMSE of energy (eV and kcal/mol, total and per atom) and force components (eV/Å, kcal/mol/Å);
+    for every extra target ``<name>_mae_<unit>`` / ``<name>_rmse_<unit>`` in its internal unit (``units``)."""
     de = pred["energy"] - pred["energy_ref"]
     res: dict[str, float] = {"n_molecules": int(de.size)}
     errors = {"energy": de, "energy_per_atom": de / pred["n_atoms"]}
@@ -75,6 +85,12 @@ def compute_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
         kunit = "kcal/mol/A" if name == "forces" else "kcal/mol"
         res[f"{name}_mae_{kunit}"] = mae * EV_TO_KCAL
         res[f"{name}_rmse_{kunit}"] = rmse * EV_TO_KCAL
+    for name in pred.get("properties", []):
+        name = str(name)
+        err = pred[name] - pred[f"{name}_ref"]
+        unit = (units or {}).get(name, "")
+        res[f"{name}_mae_{unit}"] = float(np.mean(np.abs(err)))
+        res[f"{name}_rmse_{unit}"] = float(np.sqrt(np.mean(err**2)))
     return res
 
 
@@ -92,6 +108,11 @@ def format_metrics(metrics: dict[str, float], title: str = "") -> str:
                 f"{name:<18}{metrics[f'{name}_mae_{unit}']:>12.5f}{metrics[f'{name}_rmse_{unit}']:>12.5f}  "
                 f"{unit:<10} {metrics[f'{name}_mae_{kunit}']:>10.4f}{metrics[f'{name}_rmse_{kunit}']:>10.4f}  {kunit}"
             )
+    for key in metrics:  # the extra targets of a multitask model, each in its own unit
+        name, _, unit = key.partition("_mae_")
+        if unit and name not in ("energy", "energy_per_atom", "forces"):
+            rmse = metrics[f"{name}_rmse_{unit}"]
+            lines.append(f"{name:<18}{metrics[key]:>12.5f}{rmse:>12.5f}  {unit}")
     lines.append(f"({metrics['n_molecules']} molecules)")
     return "\n".join(lines)
 
@@ -103,13 +124,15 @@ def evaluate(
     batch_size: int = 64,
     title: str = "",
     plots: bool = True,
+    units: dict[str, str] | None = None,
 ) -> tuple[dict[str, float], dict[str, Path]]:
-    """Predict, compute metrics and write ``metrics.json``, ``predictions.npz``, ``parity.png``, ``errors.png``.
+    """Predict, compute metrics and write ``metrics.json``, ``predictions.npz``, ``parity.png``, ``errors.png``
+    (one panel per target; ``units``: internal unit of each extra target of a multitask model).
 
     Returns (metrics, {"json"|"parity"|"histogram"|"predictions": path}).
     """
     pred = predict(potential, dataset, batch_size)
-    metrics = compute_metrics(pred)
+    metrics = compute_metrics(pred, units)
     paths: dict[str, Path] = {}
     if out_dir is not None:
         out = Path(out_dir)
@@ -123,8 +146,9 @@ def evaluate(
         if plots:
             from atomnet.training.plots import error_histogram, parity_plot
 
-            paths["parity"] = parity_plot(pred, out / "parity.png", title=title)
-            paths["histogram"] = error_histogram(pred, out / "errors.png", title=title)
+            shown = {**pred, "property_units": units or {}}
+            paths["parity"] = parity_plot(shown, out / "parity.png", title=title)
+            paths["histogram"] = error_histogram(shown, out / "errors.png", title=title)
     return metrics, paths
 
 
@@ -172,8 +196,10 @@ def run(args: argparse.Namespace) -> int:
         n = s.n_molecules
         if forces_key is not None and forces_key not in s.atom_property_names:
             forces_key = None
+        props = [p for p in potential.model.properties if p in s.property_names]
+        units = {p: s.unit(p) for p in props}
     indices = load_split(args.split_file, n)[args.subset] if args.split_file else None
-    ds = open_dataset(store, potential.cutoff, args.energy_key, forces_key, indices, potential.dtype)
+    ds = open_dataset(store, potential.cutoff, args.energy_key, forces_key, indices, potential.dtype, props)
     if args.out is not None:
         out = Path(args.out)
     elif Path(args.model).exists():
@@ -181,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = Path(f"eval-{args.model}-{Path(args.data).name.split('.')[0]}")
     title = f"{Path(args.model).name} on {Path(args.data).name}"
-    metrics, paths = evaluate(potential, ds, out, args.batch_size, title=title)
+    metrics, paths = evaluate(potential, ds, out, args.batch_size, title=title, units=units)
     print(format_metrics(metrics, title))
     for kind, path in paths.items():
         print(f"{kind}: {path}")

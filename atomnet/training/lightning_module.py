@@ -46,12 +46,14 @@ class ErrorMeter:
         s[1] += float((err**2).sum())
         s[2] += err.numel()
 
-    def update(self, out: dict, batch: AtomsBatch) -> None:
+    def update(self, out: dict, batch: AtomsBatch, properties: tuple[str, ...] = ()) -> None:
         de = out[keys.ENERGY] - batch.targets[keys.ENERGY]
         self.add("energy", de)
         self.add("energy_per_atom", de / batch.n_atoms.to(de.dtype))
         if keys.FORCES in out and keys.FORCES in batch.targets:
             self.add("forces", out[keys.FORCES] - batch.targets[keys.FORCES])
+        for name in properties:
+            self.add(name, out[name] - batch.targets[name])
 
     def compute(self, prefix: str) -> dict[str, float]:
         res = {}
@@ -62,6 +64,14 @@ class ErrorMeter:
         return res
 
 
+def _weight(weights: dict[str, float], name: str) -> float:
+    """``optim.target_weights`` entry of ``name`` (matched case-insensitively), default 1."""
+    for key, value in weights.items():
+        if key.lower() == name.lower():
+            return float(value)
+    return 1.0
+
+
 class PotentialModule(pl.LightningModule):
     """Wraps ``potential`` for training with the options of ``cfg.optim``.
 
@@ -69,10 +79,20 @@ class PotentialModule(pl.LightningModule):
     for validation, testing and export.
     """
 
-    def __init__(self, potential: Potential, cfg: Config):
+    def __init__(self, potential: Potential, cfg: Config, spreads: dict[str, float] | None = None):
         super().__init__()
         self.potential = potential
         self.cfg = cfg
+        #: extra targets and the weight of each one's MSE in the loss: energy_weight · w_p · (σ_E / σ_p)²
+        self.properties = tuple(potential.model.properties)
+        spreads = spreads or {}
+        primary = cfg.data.targets[0] if cfg.data.targets else None
+        self.property_weights = {
+            p: cfg.optim.energy_weight
+            * _weight(cfg.optim.target_weights, p)
+            * (spreads.get(primary, 1.0) / spreads.get(p, 1.0)) ** 2
+            for p in self.properties
+        }
         self.ema: Potential | None = None
         if cfg.optim.ema_decay is not None:
             self.ema = copy.deepcopy(potential)
@@ -95,6 +115,8 @@ class PotentialModule(pl.LightningModule):
         loss = o.energy_weight * torch.mean((out[keys.ENERGY] - batch.targets[keys.ENERGY]) ** 2)
         if self.use_forces:
             loss = loss + o.forces_weight * torch.mean((out[keys.FORCES] - batch.targets[keys.FORCES]) ** 2)
+        for name, w in self.property_weights.items():
+            loss = loss + w * torch.mean((out[name] - batch.targets[name]) ** 2)
         return loss
 
     def transfer_batch_to_device(self, batch: AtomsBatch, device: torch.device, dataloader_idx: int):
@@ -112,7 +134,7 @@ class PotentialModule(pl.LightningModule):
                 f"(global step {self.global_step}); store indices of the batch's molecules: {mols}. "
                 "Check these molecules' energies/forces, or lower optim.lr"
             )
-        self.train_meter.update(out, batch)
+        self.train_meter.update(out, batch, self.properties)
         n = batch.n_molecules
         self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         return loss
@@ -130,7 +152,7 @@ class PotentialModule(pl.LightningModule):
         pot = self.eval_potential
         out = pot(batch, forces=self.use_forces or keys.FORCES in batch.targets, create_graph=False)
         loss = self.loss(out, batch)
-        meter.update(out, batch)
+        meter.update(out, batch, self.properties)
         self.log(f"{prefix}_loss", loss, on_epoch=True, prog_bar=True, batch_size=batch.n_molecules)
         return loss
 

@@ -25,7 +25,8 @@ def _pyplot():
 
 
 def _panels(pred: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
-    """(name, reference, prediction, unit) per panel, in kcal/mol (energies relative to the mean reference)."""
+    """(name, reference, prediction, unit) per panel, in kcal/mol (energies relative to the mean reference);
+    one more panel per extra target of a multitask model, in its own unit."""
     e_ref = pred["energy_ref"] * EV_TO_KCAL
     shift = e_ref.mean()
     panels = [("energy", e_ref - shift, pred["energy"] * EV_TO_KCAL - shift, "kcal/mol (minus mean)")]
@@ -38,6 +39,9 @@ def _panels(pred: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarr
                 "kcal/mol/Å",
             )
         )
+    units = pred.get("property_units", {})
+    for name in pred.get("properties", []):
+        panels.append((str(name), pred[f"{name}_ref"], pred[str(name)], str(units.get(str(name), ""))))
     return panels
 
 
@@ -45,8 +49,12 @@ def parity_plot(pred: dict[str, np.ndarray], path: str | Path, title: str = "") 
     """Predicted vs reference energy (and force components), with MAE in the legend. Returns ``path``."""
     plt = _pyplot()
     panels = _panels(pred)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.3), squeeze=False)
-    for ax, (name, ref, est, unit) in zip(axes[0], panels, strict=True):
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 4.3 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (name, ref, est, unit) in zip(axes.flat, panels, strict=False):
         lo, hi = float(min(ref.min(), est.min())), float(max(ref.max(), est.max()))
         ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, zorder=0)
         ax.scatter(ref, est, s=4, alpha=0.5, lw=0)
@@ -65,8 +73,12 @@ def error_histogram(pred: dict[str, np.ndarray], path: str | Path, title: str = 
     """Histograms of prediction − reference for energies and force components. Returns ``path``."""
     plt = _pyplot()
     panels = _panels(pred)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (name, ref, est, unit) in zip(axes[0], panels, strict=True):
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (name, ref, est, unit) in zip(axes.flat, panels, strict=False):
         ax.hist(est - ref, bins=60, color="C1")
         ax.set_xlabel(f"{name} error [{unit.split(' ')[0]}]")
         ax.set_ylabel("count")
