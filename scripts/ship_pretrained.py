@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("name")
     p.add_argument("--dataset", required=True)
+    p.add_argument(
+        "--with-split",
+        action="store_true",
+        help="also ship the run's split.npz as pretrained/splits/<name>.npz (index entry split_file)",
+    )
+    p.add_argument("--command", default=None, help="the command that produced the run (default: from its log)")
     args = p.parse_args(argv)
 
     run = Path(args.run_dir)
@@ -57,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         "epochs_trained": summary["epochs"],
         "train_seconds": summary["train_seconds"],
         "wall_seconds": wall,
-        "command": command or f"atomnet train <config> --run-dir {run}",
+        "command": args.command or command or f"atomnet train <config> --run-dir {run}",
         "hardware": "2 shared CPU cores (torch CPU, 2 threads)",
     }
+    if args.with_split:
+        (PRETRAINED / "splits").mkdir(exist_ok=True)
+        shutil.copyfile(run / "split.npz", PRETRAINED / "splits" / f"{args.name}.npz")
+        entry["split_file"] = f"splits/{args.name}.npz"
     shutil.copyfile(run / "model.pt", PRETRAINED / entry["file"])
     index_path = PRETRAINED / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else []

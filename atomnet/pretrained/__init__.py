@@ -43,6 +43,15 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     return path
 
 
+def split_file(name: str) -> Path:
+    """The split (``.npz``, :mod:`atomnet.data.splits`) a shipped model was trained and tested on, for
+    ``atomnet evaluate NAME DATA --split-file <this> --subset test``."""
+    entry = _index().get(name)
+    if entry is None or "split_file" not in entry:
+        raise AtomNetError(f"pretrained model {name!r} ships no split file")
+    return HERE / entry["split_file"]
+
+
 def load_with_meta(path_or_name: str | os.PathLike) -> tuple[Potential, dict]:
     """(:class:`Potential` in eval mode, meta) from a pretrained name, a Lightning ``.ckpt`` or a model file.
 

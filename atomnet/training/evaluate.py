@@ -164,7 +164,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--energy-unit", default="eV", help="unit of energies in the raw file (eV, kcal/mol, Hartree)"
     )
-    parser.add_argument("--split-file", default=None, help="split .npz: evaluate only --subset of it")
+    parser.add_argument(
+        "--split-file",
+        default=None,
+        help="split .npz (or a shipped model's name: its split): evaluate only --subset of it",
+    )
     parser.add_argument("--subset", default="test", choices=("train", "val", "test"))
     parser.add_argument("--limit", type=int, default=None, help="raw file: first N molecules only")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -198,7 +202,12 @@ def run(args: argparse.Namespace) -> int:
             forces_key = None
         props = [p for p in potential.model.properties if p in s.property_names]
         units = {p: s.unit(p) for p in props}
-    indices = load_split(args.split_file, n)[args.subset] if args.split_file else None
+    split_path = args.split_file
+    if split_path and not Path(split_path).exists():  # a shipped model's name: its own split
+        from atomnet.pretrained import split_file
+
+        split_path = split_file(split_path)
+    indices = load_split(split_path, n)[args.subset] if split_path else None
     ds = open_dataset(store, potential.cutoff, args.energy_key, forces_key, indices, potential.dtype, props)
     if args.out is not None:
         out = Path(args.out)
