@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also ship the run's split.npz as pretrained/splits/<name>.npz (index entry split_file)",
     )
     p.add_argument("--command", default=None, help="the command that produced the run (default: from its log)")
+    p.add_argument("--data-file", default=None, help="the data file, relative to ../shared/data (tests)")
+    p.add_argument(
+        "--evaluate-args",
+        default=None,
+        help="reader options for atomnet evaluate on --data-file, e.g. '--format qm7 --energy-unit kcal/mol'",
+    )
+    p.add_argument("--note", default=None)
     args = p.parse_args(argv)
 
     run = Path(args.run_dir)
@@ -66,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": args.command or command or f"atomnet train <config> --run-dir {run}",
         "hardware": "2 shared CPU cores (torch CPU, 2 threads)",
     }
+    if args.data_file:
+        entry["data_file"] = args.data_file
+    if args.evaluate_args:
+        entry["evaluate_args"] = args.evaluate_args.split()
+    if args.note:
+        entry["note"] = args.note
     if args.with_split:
         (PRETRAINED / "splits").mkdir(exist_ok=True)
         shutil.copyfile(run / "split.npz", PRETRAINED / "splits" / f"{args.name}.npz")

@@ -95,3 +95,35 @@ def test_recorded_errors_reproduce(name, shared_data):
     # recorded in float32 during training; recomputed here in float64
     assert energy_mae == pytest.approx(entry["errors"]["energy_mae_eV"], rel=2e-3, abs=2e-5)
     assert forces_mae == pytest.approx(entry["errors"]["forces_mae_eV/A"], rel=2e-3)
+
+
+SPLIT_MODELS = sorted(e["name"] for e in atomnet.list_models() if "split_file" in e)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", SPLIT_MODELS)
+def test_models_with_a_shipped_split_reproduce_through_evaluate(name, shared_data, tmp_path):
+    """``atomnet evaluate NAME DATA --split-file NAME --subset test`` (the split shipped in the package)
+    reproduces the recorded test MAE; the split file is part of the package."""
+    import json
+
+    from atomnet.cli import main
+    from atomnet.pretrained import split_file
+
+    entry = {e["name"]: e for e in atomnet.list_models()}[name]
+    assert split_file(name).is_file() and entry["errors_on"] == "test"
+    args = entry["evaluate_args"]
+    rc = main(["evaluate", name, str(shared_data / entry["data_file"]), *args, "--split-file", name,
+               "--subset", "test", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_molecules"] == entry["split_sizes"]["test"]
+    assert metrics["energy_mae_eV"] == pytest.approx(entry["errors"]["energy_mae_eV"], rel=2e-3)
+
+
+def test_split_file_of_a_model_without_one_is_an_error():
+    from atomnet.errors import AtomNetError
+    from atomnet.pretrained import split_file
+
+    with pytest.raises(AtomNetError, match="ships no split file"):
+        split_file("schnet-qm9-u0")

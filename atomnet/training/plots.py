@@ -45,15 +45,21 @@ def _panels(pred: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarr
     return panels
 
 
+def _grid(plt, n: int, height: float):
+    """A figure with ``n`` panels, at most 4 per row (unused axes hidden)."""
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def parity_plot(pred: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """Predicted vs reference energy (and force components), with MAE in the legend. Returns ``path``."""
     plt = _pyplot()
     panels = _panels(pred)
-    cols = min(len(panels), 4)
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 4.3 * rows), squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.set_axis_off()
+    fig, axes = _grid(plt, len(panels), 4.3)
     for ax, (name, ref, est, unit) in zip(axes.flat, panels, strict=False):
         lo, hi = float(min(ref.min(), est.min())), float(max(ref.max(), est.max()))
         ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, zorder=0)
@@ -73,11 +79,7 @@ def error_histogram(pred: dict[str, np.ndarray], path: str | Path, title: str = 
     """Histograms of prediction − reference for energies and force components. Returns ``path``."""
     plt = _pyplot()
     panels = _panels(pred)
-    cols = min(len(panels), 4)
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.set_axis_off()
+    fig, axes = _grid(plt, len(panels), 3.6)
     for ax, (name, ref, est, unit) in zip(axes.flat, panels, strict=False):
         ax.hist(est - ref, bins=60, color="C1")
         ax.set_xlabel(f"{name} error [{unit.split(' ')[0]}]")
