@@ -147,6 +147,8 @@ def test_bad_targets_are_one_line_errors(qm9, tmp_path, capsys):
         config(qm9, tmp_path, targets=["U0", "u0"])
     with pytest.raises(ConfigError, match="target_weights"):
         config_from_dict({"data": {"targets": ["U0"]}, "optim": {"target_weights": {"gap": 1.0}}})
+    with pytest.raises(ConfigError, match=r"model\.properties"):
+        config_from_dict({"model": {"name": "schnet", "properties": [{"name": "gap"}]}})
     with pytest.raises(ConfigError, match=r"data\.intensive"):
         config(qm9, tmp_path, intensive=["alpha"])
     # a first target that is not an energy, and a wrong energy unit, are named with the option to change

@@ -292,6 +292,10 @@ def config_from_dict(raw: dict | None) -> Config:
                 raise ConfigError(f"data.intensive: {name!r} is not one of data.targets {targets}")
     elif cfg.optim.target_weights or cfg.data.intensive:
         raise ConfigError("optim.target_weights / data.intensive need data.targets (several targets)")
+    elif cfg.model.hparams.get("properties"):
+        raise ConfigError(
+            "model.properties: list the targets in data.targets instead (the heads follow from it)"
+        )
     if len(cfg.data.split) != 3:
         raise ConfigError(f"data.split: expected [n_train, n_val, n_test], got {cfg.data.split}")
     if any(s > 1 for s in cfg.data.split):  # counts
