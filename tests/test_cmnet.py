@@ -106,3 +106,33 @@ def test_ase_calculator():
     ref = evaluate(pot, [atoms])
     np.testing.assert_allclose(e, ref[keys.ENERGY][0], rtol=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), ref[keys.FORCES], rtol=1e-5, atol=1e-8)
+
+
+def test_cross_validation_script_uses_the_krr_folds(shared_data, tmp_path):
+    """scripts/cmnet_qm7_cv.py: the test set of fold k is fold k of scripts/krr_qm7.py; a finished fold is read
+    back instead of retrained."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from atomnet.baselines.krr import kfold_indices
+
+    spec = importlib.util.spec_from_file_location(
+        "cv", Path(__file__).resolve().parents[1] / "scripts" / "cmnet_qm7_cv.py"
+    )
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    splits = cv.fold_splits(7101, 5, 500, 0)
+    for split, (rest, test) in zip(splits, kfold_indices(7101, 5, 0), strict=True):
+        np.testing.assert_array_equal(split.test, test)
+        np.testing.assert_array_equal(np.sort(np.concatenate([split.train, split.val])), rest)
+        assert len(split.val) == 500
+    argv = ["--data", str(shared_data / "qm7" / "qm7.tar.gz"), "--out", str(tmp_path), "--only", "0", "--minutes", "0.2",
+            "--set", "train.max_epochs=1", "--set", "model.hidden=[8]", "--set", f"train.out_dir={tmp_path}",
+            "--set", "train.num_threads=1"]  # fmt: skip
+    assert cv.main(argv) == 0
+    first = json.loads((tmp_path / "cv.json").read_text())
+    assert set(first["folds"]) == {"0"} and first["folds"]["0"]["test_mae_kcal/mol"] > 0
+    mtime = (tmp_path / "fold0" / "summary.json").stat().st_mtime
+    assert cv.main(argv) == 0  # read back, not retrained
+    assert (tmp_path / "fold0" / "summary.json").stat().st_mtime == mtime
