@@ -205,8 +205,9 @@ def test_pattern_methods_fit_on_a_training_file(tmp_path, xyz, capsys):
     write(train, mols)
     out = tmp_path / "p.json"
     rc = main(["explain", path, xyz, "--method", "patternattribution", "--fit", str(train),
-               "--json", str(out), "--no-progress"])  # fmt: skip
+               "--json", str(out), "--entries", str(tmp_path / "entries.png"), "--no-progress"])  # fmt: skip
     assert rc == 0
+    assert (tmp_path / "entries.png").stat().st_size > 20_000
     records = json.loads(out.read_text())["molecules"]
     from ase.io import read
 
@@ -217,3 +218,9 @@ def test_pattern_methods_fit_on_a_training_file(tmp_path, xyz, capsys):
     assert main(["explain", path, xyz, "--method", "patternnet", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--fit FILE" in err[0]
+
+
+def test_entries_need_a_coulomb_matrix_model(model_file, xyz, tmp_path, capsys):
+    assert main(["explain", model_file, xyz, "--entries", str(tmp_path / "e.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Coulomb-matrix" in err[0] and not (tmp_path / "e.png").exists()

@@ -82,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training structures for methods that learn from data (patternnet, patternattribution)",
     )
     parser.add_argument("--fit-limit", type=int, default=2000, help="with --fit: read at most this many")
+    parser.add_argument(
+        "--entries",
+        default=None,
+        metavar="OUT.png",
+        help="Coulomb-matrix models: each molecule beside the relevance of its matrix entries (first 4; "
+        "with --compare the first molecule under every method)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -381,6 +388,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             plot_explanations(results[methods[0]], args.png, indices)
         written.append(args.png)
+    if args.entries:
+        from atomnet.explain.plots import plot_entries
+
+        shown = [results[m][0] for m in results] if args.compare else results[methods[0]][:4]
+        if any(e.features is None for e in shown):
+            raise ExplanationError(
+                "--entries: the model has no Coulomb-matrix input (entries exist for cmnet)"
+            )
+        plot_entries(shown, args.entries)
+        written.append(args.entries)
     first = results[methods[0]]
     for k in range(min(3, len(first))):
         e = first[k]
