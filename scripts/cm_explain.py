@@ -24,7 +24,7 @@ from atomnet.explain.commands import read_structures
 from atomnet.explain.evaluate import input_invariance
 from atomnet.explain.plots import plot_entries
 from atomnet.files import atomic_output
-from atomnet.pretrained import load_model
+from atomnet.pretrained import load_model, resolve_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PICTURED = ("lrp-epsilon", "integrated-gradients", "patternattribution", "gradient")
@@ -34,7 +34,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cmnet-qm7")
     p.add_argument("--data", default=str(SHARED / "qm7" / "qm7.tar.gz"))
-    p.add_argument("--split-file", default=None, help="train/test split (default: the first molecules)")
+    p.add_argument(
+        "--split-file", default=None, help="split file or shipped model name (default: the first molecules)"
+    )
     p.add_argument("--molecules", type=int, default=30, help="test molecules explained")
     p.add_argument("--fit", type=int, default=2000, help="training molecules the patterns are learned from")
     p.add_argument("--shift", type=float, default=1.0)
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     structures = read_structures(args.data, progress=False)
     if args.split_file:
-        split = load_split(args.split_file, len(structures))
+        split = load_split(resolve_split(args.split_file), len(structures))
         train, test = split.train, split.test
     else:
         train, test = np.arange(args.fit, len(structures)), np.arange(min(args.fit, len(structures)))

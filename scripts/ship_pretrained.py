@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also ship the run's split.npz as pretrained/splits/<name>.npz (index entry split_file)",
     )
-    p.add_argument("--command", default=None, help="the command that produced the run (default: from its log)")
+    p.add_argument(
+        "--command", default=None, help="the command that produced the run (default: from its log)"
+    )
     p.add_argument("--data-file", default=None, help="the data file, relative to ../shared/data (tests)")
     p.add_argument(
         "--evaluate-args",

@@ -52,6 +52,12 @@ def split_file(name: str) -> Path:
     return HERE / entry["split_file"]
 
 
+def resolve_split(path_or_name: str | os.PathLike) -> Path:
+    """A split file: ``path_or_name`` itself if it exists, else the split shipped with that pretrained model."""
+    path = Path(path_or_name)
+    return path if path.exists() else split_file(str(path_or_name))
+
+
 def load_with_meta(path_or_name: str | os.PathLike) -> tuple[Potential, dict]:
     """(:class:`Potential` in eval mode, meta) from a pretrained name, a Lightning ``.ckpt`` or a model file.
 

@@ -202,11 +202,11 @@ def run(args: argparse.Namespace) -> int:
             forces_key = None
         props = [p for p in potential.model.properties if p in s.property_names]
         units = {p: s.unit(p) for p in props}
-    split_path = args.split_file
-    if split_path and not Path(split_path).exists():  # a shipped model's name: its own split
-        from atomnet.pretrained import split_file
+    split_path = None
+    if args.split_file:  # a file, or a shipped model's name: its own split
+        from atomnet.pretrained import resolve_split
 
-        split_path = split_file(split_path)
+        split_path = resolve_split(args.split_file)
     indices = load_split(split_path, n)[args.subset] if split_path else None
     ds = open_dataset(store, potential.cutoff, args.energy_key, forces_key, indices, potential.dtype, props)
     if args.out is not None:
