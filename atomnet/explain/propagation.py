@@ -174,11 +174,17 @@ def to_entries(
     values = [values] if torch.is_tensor(values) else list(values)
     if len(state.owners) != 1 or state.owners[0] is None:
         return None
-    owners, channels = state.owners[0][0], state.owners[0][1]
     n_mol = state.batch.n_molecules if rows is None else rows
-    v = values[0][:n_mol].reshape(n_mol, owners.shape[1], channels)
-    e = v.sum(dim=2) if reduce == "sum" else torch.linalg.vector_norm(v, dim=2)
-    return e, owners[:n_mol]
+    return _per_entry(values[0], state.owners[0], n_mol, reduce)
+
+
+def _per_entry(
+    values: torch.Tensor, own: tuple, n_mol: int, reduce: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values per entry (n_mol, d), owners (n_mol, d, 2)) of the first ``n_mol`` rows of a feature leaf."""
+    owners, channels = own[0][:n_mol], own[1]
+    v = values[:n_mol].reshape(n_mol, owners.shape[1], channels)
+    return (v.sum(dim=2) if reduce == "sum" else torch.linalg.vector_norm(v, dim=2)), owners
 
 
 def to_atoms(
@@ -204,10 +210,7 @@ def to_atoms(
             a = v.sum(dim=1) if reduce == "sum" else torch.linalg.vector_norm(v, dim=1)
             p = a.new_zeros(n_mol)
         else:
-            owners, channels = own[0], own[1]
-            owners = owners[:n_mol]
-            v = v[:n_mol].reshape(n_mol, owners.shape[1], channels)
-            e = v.sum(dim=2) if reduce == "sum" else torch.linalg.vector_norm(v, dim=2)
+            e, owners = _per_entry(v, own, n_mol, reduce)
             first, second = owners[..., 0], owners[..., 1]
             half = torch.where(second >= 0, 0.5, 1.0).to(e.dtype)
             a = e.new_zeros(n_atoms)
