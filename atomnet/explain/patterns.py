@@ -29,7 +29,7 @@ pot).fit(structures)`` (iNNvestigate's ``analyzer.fit``). The reference implemen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -77,14 +77,14 @@ class LinearStatistics:
     n_pos: torch.Tensor | None = None
     sx_pos: torch.Tensor | None = None
     sxy_pos: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     def add(self, x: torch.Tensor, y: torch.Tensor, positive: torch.Tensor) -> None:
         """Rows x (r, in), y (r, out) = x Wᵀ, positive (r, out) = (z > 0)."""
         x, y, p = x.double(), y.double(), positive.double()
         if self.sx is None:
-            self.sx, self.sy, self.sxy = x.new_zeros(x.shape[1]), y.new_zeros(y.shape[1]), x.T @ y * 0
-            self.n_pos, self.sx_pos, self.sxy_pos = p.new_zeros(p.shape[1]), x.T @ p * 0, x.T @ y * 0
+            n_in, n_out = x.shape[1], y.shape[1]
+            self.sx, self.sy, self.n_pos = x.new_zeros(n_in), x.new_zeros(n_out), x.new_zeros(n_out)
+            self.sxy, self.sx_pos, self.sxy_pos = (x.new_zeros(n_in, n_out) for _ in range(3))
         self.n += x.shape[0]
         self.sx += x.sum(0)
         self.sy += y.sum(0)
