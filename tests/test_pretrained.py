@@ -125,5 +125,9 @@ def test_split_file_of_a_model_without_one_is_an_error():
     from atomnet.errors import AtomNetError
     from atomnet.pretrained import split_file
 
+    from atomnet.pretrained import resolve_split
+
     with pytest.raises(AtomNetError, match="ships no split file"):
         split_file("schnet-qm9-u0")
+    with pytest.raises(AtomNetError, match="neither a split file nor a pretrained model"):
+        resolve_split("runs/missing/split.npz")

@@ -55,7 +55,11 @@ def split_file(name: str) -> Path:
 def resolve_split(path_or_name: str | os.PathLike) -> Path:
     """A split file: ``path_or_name`` itself if it exists, else the split shipped with that pretrained model."""
     path = Path(path_or_name)
-    return path if path.exists() else split_file(str(path_or_name))
+    if path.exists():
+        return path
+    if str(path_or_name) not in _index():
+        raise AtomNetError(f"{path_or_name}: neither a split file nor a pretrained model name")
+    return split_file(str(path_or_name))
 
 
 def load_with_meta(path_or_name: str | os.PathLike) -> tuple[Potential, dict]:
