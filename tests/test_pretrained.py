@@ -123,9 +123,7 @@ def test_models_with_a_shipped_split_reproduce_through_evaluate(name, shared_dat
 
 def test_split_file_of_a_model_without_one_is_an_error():
     from atomnet.errors import AtomNetError
-    from atomnet.pretrained import split_file
-
-    from atomnet.pretrained import resolve_split
+    from atomnet.pretrained import resolve_split, split_file
 
     with pytest.raises(AtomNetError, match="ships no split file"):
         split_file("schnet-qm9-u0")
