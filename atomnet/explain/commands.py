@@ -325,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
             info = method_info(name)
             params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "-"
             kind = "conserving" if info["conserving"] else "not conserving"
+            if info["needs_fit"]:
+                kind += "; learns from --fit FILE"
             print(f"{name:22s} [{info['units']}; {kind}] params: {params}")
         return 0
     if args.model is None or args.structures is None:
