@@ -105,9 +105,35 @@ def test_float32_default_and_double_just_works():
     b = batch_from_atoms([molecule("CH4")], cutoff=4.0)
     e32 = pot(b)[keys.ENERGY]
     pot.double()
-    e64 = pot(b)[keys.ENERGY]  # the float32 batch is cast to the model's dtype
+    e64 = pot(b)[keys.ENERGY]  # the batch is cast to the model's dtype
     assert e64.dtype == torch.float64
     torch.testing.assert_close(e32.double(), e64, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", [*LOCAL, "cmnet"])
+def test_default_batches_keep_float64_positions(name):
+    """batch_from_atoms keeps ASE's float64 positions: a float64 potential gives forces that agree with
+    central finite differences to float64 accuracy (positions rounded to float32 would fail at ~1e-4), and a
+    float32 model (called directly, not through a Potential) casts the batch itself."""
+    torch.manual_seed(0)
+    kw = dict(max_atoms=12, hidden=[16], n_steps=5, theta=5.0, max_z=20) if name == "cmnet" else SMALL[name]
+    model = build_model(name, **kw).eval()  # eval: CMNet sorts deterministically
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=3)
+    batch = batch_from_atoms([atoms], cutoff=4.0)
+    assert batch.positions.dtype == torch.float64
+    np.testing.assert_array_equal(batch.positions.numpy(), atoms.positions)
+    assert model(batch)[keys.ENERGY].dtype == torch.float32  # float32 model: cast once, inside
+    pot = Potential(model).double().eval()
+    forces = pot(batch)[keys.FORCES].numpy()
+    h = 1e-5
+    for i, k in [(0, 0), (2, 1), (8, 2)]:
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[i, k] += sign * h
+            energies.append(float(pot(batch_from_atoms([moved], cutoff=4.0), forces=False)[keys.ENERGY][0]))
+        assert -(energies[0] - energies[1]) / (2 * h) == pytest.approx(forces[i, k], abs=1e-7)
 
 
 def test_create_graph_only_when_training():

@@ -195,8 +195,11 @@ def make_batch(
     )
 
 
-def batch_from_atoms(atoms_list: Sequence, cutoff: float | None = 5.0, dtype=torch.float32) -> AtomsBatch:
+def batch_from_atoms(atoms_list: Sequence, cutoff: float | None = 5.0, dtype=torch.float64) -> AtomsBatch:
     """Public entry point from ASE: a batch from a list of ``ase.Atoms`` (positions in Å).
+
+    Positions keep ASE's float64 by default; a model casts a batch to its own dtype once when it evaluates it
+    (a float64 model then sees the exact positions, not positions rounded to float32 on the way).
 
     Energies/forces attached through a calculator are *not* read here; see :mod:`atomnet.data.ase_io`.
     """

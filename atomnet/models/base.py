@@ -129,6 +129,7 @@ class AtomisticModel(nn.Module):
 
         ``positions``/``cell`` replace the batch's (so callers can differentiate with respect to them).
         """
+        batch, positions, cell = self.in_own_dtype(batch, positions, cell)
         vectors = batch.pair_vectors(positions, cell, unique=True)  # mirrored: (n_pairs / 2, 3)
         y, extra = self.atomic_outputs(batch, vectors)
         representation = extra.pop("representation", None)
@@ -137,6 +138,17 @@ class AtomisticModel(nn.Module):
         if len(self.heads):
             extra.update(self.property_outputs(representation, batch))
         return {keys.ATOMIC_ENERGIES: atomic, keys.ENERGY: energy, **extra}
+
+    def in_own_dtype(self, batch: AtomsBatch, positions, cell):
+        """(batch, positions, cell) cast to the model's floating dtype where they differ (a float64 batch
+        for a float32 model, or the reverse); the casts are differentiable, so forces still flow back."""
+        dtype = self.standardize.std.dtype
+        if batch.positions.dtype == dtype and (positions is None or positions.dtype == dtype):
+            return batch, positions, cell
+        batch = batch.to(dtype=dtype)
+        positions = None if positions is None else positions.to(dtype)
+        cell = None if cell is None else cell.to(dtype)
+        return batch, positions, cell
 
     def set_statistics(self, mean: float = 0.0, std: float = 1.0, atomref=None) -> None:
         """Output standardisation: per-atom ``mean``/``std`` (eV) and per-element ``atomref`` (eV, by Z)."""

@@ -123,6 +123,7 @@ class CMNet(AtomisticModel):
     ):
         from atomnet import keys
 
+        batch, positions, cell = self.in_own_dtype(batch, positions, cell)
         pos = batch.positions if positions is None else positions
         y, hidden = self.molecular_outputs(batch, pos)
         atomic = self.standardize(self.to_atoms(y, batch.molecule), batch.numbers)
