@@ -68,4 +68,46 @@ def test_evaluate_unit_mismatch(model_file, tmp_path, capsys):
         main(["evaluate", str(model_file), str(store), "--energy-unit", "kcal/mol", "--out", str(tmp_path)])
         == 2
     )
-    assert "data.energy_unit" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--energy-unit" in err and "pass --energy-unit eV" in err  # the flag the user can pass, not a config key
+
+
+def test_units_come_from_the_file_or_the_model(shared_data, tmp_path, capsys):
+    """QM9 energies are in Hartree and the reader knows it: ``atomnet evaluate schnet-qm9-u0 <tarball>
+    --energy-key U0`` needs no unit; a wrong ``--energy-unit`` is one line naming the flag and the right value.
+    An extxyz file without units is read in the model's training unit (MD17: kcal/mol)."""
+    import atomnet
+
+    qm9 = shared_data / "qm9" / "qm9_subset.tar.bz2"
+    common = ["--limit", "60", "--forces-key", "none", "--cache-dir", str(tmp_path / "cache")]
+    assert (
+        main(
+            [
+                "evaluate",
+                "schnet-qm9-u0",
+                str(qm9),
+                "--energy-key",
+                "U0",
+                "--out",
+                str(tmp_path / "a"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert 0 < metrics["energy_mae_eV"] < 1.0  # a U0 model in eV on U0 converted from Hartree, not 27× off
+    capsys.readouterr()
+    rc = main(["evaluate", "schnet-qm9-u0", str(qm9), "--energy-key", "U0", "--energy-unit", "eV",
+               "--out", str(tmp_path / "b"), *common])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--energy-unit" in err and "pass --energy-unit Hartree" in err and "data.energy_unit" not in err
+    frames = ase.io.read(shared_data / "md17" / "ethanol_dft_1200.xyz", index="1000:1020")
+    ase.io.write(tmp_path / "md17.extxyz", frames)
+    assert main(["evaluate", "schnet-md17-ethanol", str(tmp_path / "md17.extxyz"), "--out", str(tmp_path / "c"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    assert "taken to be in kcal/mol" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    entry = {e["name"]: e for e in atomnet.list_models()}["schnet-md17-ethanol"]
+    assert metrics["energy_mae_kcal/mol"] < 3 * entry["errors"]["energy_mae_kcal/mol"]

@@ -61,42 +61,59 @@ def cached_store(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) 
     return out
 
 
-def check_store(path: str | Path, cfg: DataConfig, need_forces: bool) -> dict:
-    """Raise :class:`ConfigError` if the store lacks the configured properties or has other units.
+#: how :func:`check_store` names the options in its messages (config keys; the CLI passes its flags)
+CONFIG_NAMES = {
+    "energy_key": "data.energy_key",
+    "energy_unit": "data.energy_unit",
+    "forces_key": "data.forces_key",
+}
+
+
+def _setting(option: str, value: str) -> str:
+    """How the user sets ``option``: ``pass --energy-unit Hartree`` or ``set data.energy_unit=Hartree``."""
+    return f"pass {option} {value}" if option.startswith("--") else f"set {option}={value}"
+
+
+def check_store(path: str | Path, cfg: DataConfig, need_forces: bool, names: dict | None = None) -> dict:
+    """Raise :class:`ConfigError` if the store lacks the configured properties or has other units; messages
+    name the option to change (``names``: config keys by default, e.g. ``--energy-unit`` for a command).
 
     Returns ``{"energy_unit": ..., "n_molecules": ...}`` for the run's records.
     """
+    opt = {**CONFIG_NAMES, **(names or {})}
     with Store(path) as store:
         names = store.property_names + store.atom_property_names
         if cfg.energy_key not in store.property_names:
             raise ConfigError(
-                f"data.energy_key: store {path} has no per-molecule property {cfg.energy_key!r}; available: {names}"
+                f"{opt['energy_key']}: store {path} has no per-molecule property {cfg.energy_key!r}; available: {names}"
             )
         unit, source_unit = store.unit(cfg.energy_key), store.source_unit(cfg.energy_key)
         if unit != "eV":
             raise ConfigError(
-                f"data.energy_key: property {cfg.energy_key!r} of {path} is in {unit!r}, not an energy (eV)"
+                f"{opt['energy_key']}: property {cfg.energy_key!r} of {path} is in {unit!r}, not an energy (eV)"
             )
         if source_unit and source_unit != cfg.energy_unit:
             raise ConfigError(
-                f"data.energy_unit: the config says energies are in {cfg.energy_unit!r}, but store {path} "
-                f"was converted from {source_unit!r} ({cfg.energy_key!r}); fix data.energy_unit or the store"
+                f"{opt['energy_unit']}: energies are taken to be in {cfg.energy_unit!r}, but store {path} "
+                f"was converted from {source_unit!r} ({cfg.energy_key!r}); {_setting(opt['energy_unit'], source_unit)}"
             )
         if need_forces:
             if cfg.forces_key is None or cfg.forces_key not in store.atom_property_names:
                 raise ConfigError(
-                    f"data.forces_key: store {path} has no per-atom forces {cfg.forces_key!r} "
+                    f"{opt['forces_key']}: store {path} has no per-atom forces {cfg.forces_key!r} "
                     f"(available: {names}); set optim.forces_weight=0 and data.forces_key=null to train on "
                     "energies only"
                 )
             f_unit = store.unit(cfg.forces_key)
             if f_unit != "eV/Angstrom":
-                raise ConfigError(f"data.forces_key: {cfg.forces_key!r} of {path} is in {f_unit!r}, not eV/Å")
+                raise ConfigError(
+                    f"{opt['forces_key']}: {cfg.forces_key!r} of {path} is in {f_unit!r}, not eV/Å"
+                )
             f_src = store.source_unit(cfg.forces_key)
             expected = {f"{cfg.energy_unit}/{u}" for u in ("Angstrom", "Å", "A")}
             if f_src and f_src not in expected:
                 raise ConfigError(
-                    f"data.energy_unit: forces in {path} were converted from {f_src!r}, expected "
+                    f"{opt['energy_unit']}: forces in {path} were converted from {f_src!r}, expected "
                     f"{cfg.energy_unit}/Angstrom"
                 )
         return {"energy_unit": source_unit or cfg.energy_unit, "n_molecules": store.n_molecules}

@@ -162,7 +162,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--energy-key", default="energy", help="energy property (QM9: U0)")
     parser.add_argument("--forces-key", default="forces", help="forces property ('none': energies only)")
     parser.add_argument(
-        "--energy-unit", default="eV", help="unit of energies in the raw file (eV, kcal/mol, Hartree)"
+        "--energy-unit",
+        default=None,
+        help="unit of energies in a raw extxyz/ASE file (eV, kcal/mol, Hartree); default: the unit the model "
+        "was trained from. QM9, QM7 and MD17 files carry their units: no need to give it",
     )
     parser.add_argument(
         "--split-file",
@@ -178,24 +181,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atomnet.data.commands import guess_format
     from atomnet.data.splits import load_split
     from atomnet.data.store import Store
-    from atomnet.pretrained import load_model
+    from atomnet.pretrained import load_with_meta
     from atomnet.training.config import DataConfig
     from atomnet.training.datamodule import cached_store, check_store, open_dataset
 
-    potential = load_model(args.model)
+    potential, meta = load_with_meta(args.model)
     forces_key = None if args.forces_key in ("none", "null", "") else args.forces_key
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "store" if str(args.data).endswith((".h5", ".hdf5")) else guess_format(args.data)
+    unit = args.energy_unit
+    if unit is None and fmt == "ase":  # a file without units: assume the model's own source unit
+        unit = meta.get("source_energy_unit") or "eV"
+        print(
+            f"energies of {args.data} taken to be in {unit} (the model's training unit; --energy-unit to change)"
+        )
     dcfg = DataConfig(
         path=str(Path(args.data).resolve()),
         format=args.format,
         energy_key=args.energy_key,
         forces_key=forces_key,
-        energy_unit=args.energy_unit,
+        energy_unit=unit or "eV",
         limit=args.limit,
     )
     store = cached_store(dcfg, args.cache_dir or str(Path("runs/cache").resolve()))
-    check_store(store, dcfg, need_forces=False)
+    if unit is None:  # the reader knew the file's units (QM9, QM7, MD17): take them
+        with Store(store) as s:
+            if args.energy_key in s.property_names:
+                dcfg.energy_unit = s.source_unit(args.energy_key) or dcfg.energy_unit
+    names = {"energy_key": "--energy-key", "energy_unit": "--energy-unit", "forces_key": "--forces-key"}
+    check_store(store, dcfg, need_forces=False, names=names)
     with Store(store) as s:
         n = s.n_molecules
         if forces_key is not None and forces_key not in s.atom_property_names:
