@@ -3,6 +3,8 @@
 * :func:`mean_energy_per_atom` — mean of E / n_atoms.
 * :func:`fit_atomrefs` — per-element linear least squares E ≈ Σ_Z count_Z · a_Z (atomrefs fitted from data
   when none are given) and the mean/std of the per-atom residual.
+* :func:`target_statistics` — the same for any target of a multitask model, or the mean/std of an intensive
+  (mean-readout) target, and the spread the multitask loss weights use.
 
 Values are in the store's internal units (eV).
 """
@@ -62,7 +64,11 @@ def fit_atomrefs(
         atomref: (max_z + 1,) eV per atom of element Z (0 for elements absent from ``indices``),
         mean and std of the per-atom residual (E - Σ count_Z a_Z) / n_atoms, eV.
     """
-    energy, n_atoms, element_counts = _energies(store, key, indices)
+    return _fit(*_energies(store, key, indices), max_z)
+
+
+def _fit(energy: np.ndarray, n_atoms: np.ndarray, element_counts: np.ndarray, max_z: int):
+    """(atomref (max_z + 1,), mean, std of the per-atom residual) by least squares (see :func:`fit_atomrefs`)."""
     if element_counts[:, max_z + 1 :].any():
         raise ValueError(f"the data contain elements with Z > max_z={max_z}")
     present = np.flatnonzero(element_counts.any(axis=0))
@@ -71,3 +77,24 @@ def fit_atomrefs(
     atomref[present] = coef
     residual = (energy - element_counts[:, present] @ coef) / n_atoms
     return atomref, float(residual.mean()), float(residual.std())
+
+
+def target_statistics(
+    store: Store | str | os.PathLike, key: str, indices, max_z: int, reduce: str, atomrefs: str
+) -> tuple[np.ndarray | None, float, float, float]:
+    """(atomref or None, mean, std, spread) of a per-molecule target over the molecules ``indices``.
+
+    Sum readout: per-element references fitted by least squares (``atomrefs="fit"``) and the per-atom mean and
+    std of the rest; mean readout: no references, mean and std of the molecular values. ``spread``: std over
+    molecules of what the network must learn (the value minus its references), for multitask loss weights."""
+    values, n_atoms, counts = _energies(store, key, indices)
+    if reduce == "mean":
+        std = max(float(np.std(values)), 1e-6)
+        return None, float(np.mean(values)), std, std
+    if atomrefs == "fit":
+        atomref, mean, std = _fit(values, n_atoms, counts, max_z)
+        rest = values - counts[:, : max_z + 1] @ atomref
+    else:
+        atomref, mean, std = None, float(np.mean(values / n_atoms)), float(np.std(values / n_atoms))
+        rest = values
+    return atomref, mean, max(std, 1e-3), max(float(np.std(rest - mean * n_atoms)), 1e-6)

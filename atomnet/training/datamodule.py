@@ -154,29 +154,6 @@ def resolve_targets(cfg: Config, progress: bool = True) -> list[dict]:
     return [{"name": t, "reduce": "mean" if t in d.intensive else "sum"} for t in resolved[1:]]
 
 
-def property_statistics(
-    store: str | Path, key: str, idx: np.ndarray, max_z: int, reduce: str, atomrefs: str
-) -> tuple[np.ndarray | None, float, float, float]:
-    """(atomref or None, mean, std, spread) of a per-molecule target over the molecules ``idx``.
-
-    Sum readout: per-element references fitted by least squares (``atomrefs="fit"``) and the per-atom mean and
-    std of the rest; mean readout: no references, mean and std of the molecular values. ``spread``: std over
-    molecules of what the network must learn (the value minus its references), for the loss weights."""
-    from atomnet.data.stats import _energies, fit_atomrefs
-
-    values, n_atoms, counts = _energies(store, key, idx)
-    if reduce == "mean":
-        std = max(float(np.std(values)), 1e-6)
-        return None, float(np.mean(values)), std, std
-    if atomrefs == "fit":
-        atomref, mean, std = fit_atomrefs(store, key, idx, max_z=max_z)
-        rest = values - counts[:, : max_z + 1] @ atomref
-    else:
-        atomref, mean, std = None, float(np.mean(values / n_atoms)), float(np.std(values / n_atoms))
-        rest = values
-    return atomref, mean, max(std, 1e-3), max(float(np.std(rest - mean * n_atoms)), 1e-6)
-
-
 def make_split(cfg: DataConfig, n: int, seed: int) -> Split:
     """The split of a store of ``n`` molecules: from ``split_file``, or ``split`` + ``split_mode``."""
     if cfg.split_file is not None:
@@ -297,9 +274,11 @@ class StoreDataModule(pl.LightningDataModule):
         return "mean" if name in (self.cfg.data.intensive or []) else "sum"
 
     def target_statistics(self, name: str, max_z: int) -> tuple[np.ndarray | None, float, float, float]:
-        """(atomref, mean, std, spread) of target ``name`` on the training split (:func:`property_statistics`)."""
+        """(atomref, mean, std, spread) of target ``name`` on the training split (:func:`atomnet.data.stats.target_statistics`)."""
         assert self.store_path is not None and self.split is not None, "call prepare() first"
-        return property_statistics(
+        from atomnet.data.stats import target_statistics
+
+        return target_statistics(
             self.store_path, name, self.split.train, max_z, self.reduce_of(name), self.cfg.data.atomrefs
         )
 
