@@ -94,15 +94,11 @@ class CMNet(AtomisticModel):
         """Standardised upper triangles of the (randomly) sorted matrices, (n_molecules, d)."""
         return self.features.entries(batch, positions, noise)
 
-    def molecular_output(self, batch: AtomsBatch, positions: torch.Tensor) -> torch.Tensor:
-        """Network output per molecule (n_molecules,), averaged over random sortings where asked (the mean
-        is linear: relevance splits equally among the draws)."""
-        return self.molecular_outputs(batch, positions)[0]
-
     def molecular_outputs(
         self, batch: AtomsBatch, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(output (n_molecules,), last hidden layer (n_molecules, H)), each averaged over the sortings."""
+        """(output (n_molecules,), last hidden layer (n_molecules, H)), each averaged over random sortings
+        where asked (the mean is linear: relevance splits equally among the draws)."""
         draws = 1 if self.training else max(1, self.test_sortings)
         outs, hidden = [], []
         for _ in range(draws):
