@@ -69,7 +69,9 @@ def test_evaluate_unit_mismatch(model_file, tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "--energy-unit" in err and "pass --energy-unit eV" in err  # the flag the user can pass, not a config key
+    assert (
+        "--energy-unit" in err and "pass --energy-unit eV" in err
+    )  # the flag the user can pass, not a config key
 
 
 def test_units_come_from_the_file_or_the_model(shared_data, tmp_path, capsys):

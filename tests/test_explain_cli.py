@@ -218,6 +218,10 @@ def test_pattern_methods_fit_on_a_training_file(tmp_path, xyz, capsys):
     assert main(["explain", path, xyz, "--method", "patternnet", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--fit FILE" in err[0]
+    assert main(["explain", path, xyz, "--method", "patternnet", "--fit", str(tmp_path / "missing.xyz"),
+                 "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.xyz: no such file" in err[0]
 
 
 def test_entries_need_a_coulomb_matrix_model(model_file, xyz, tmp_path, capsys):
