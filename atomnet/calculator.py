@@ -157,7 +157,8 @@ class AtomNetCalculator(Calculator):
 
     # --- input checks and neighbour list --------------------------------------------------------------
 
-    def _check_numbers(self, numbers: np.ndarray) -> None:
+    def check_numbers(self, numbers: np.ndarray) -> None:
+        """Raise :class:`ModelInputError` for atomic numbers the model does not know."""
         unknown = sorted(
             {int(z) for z in numbers if z < 1 or z > self.max_z or (self.elements and z not in self.elements)}
         )
@@ -180,7 +181,7 @@ class AtomNetCalculator(Calculator):
 
     def _build(self, atoms) -> AtomsBatch:
         numbers = atoms.get_atomic_numbers()
-        self._check_numbers(numbers)
+        self.check_numbers(numbers)
         pbc = atoms.get_pbc()
         periodic = bool(pbc.any())
         positions = torch.as_tensor(atoms.positions, dtype=self.dtype)

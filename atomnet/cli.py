@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "md": ("atomnet.md", "run molecular dynamics with a trained model through ASE"),
     "krr": ("atomnet.baselines.commands", "Coulomb-matrix kernel ridge regression baseline"),
     "explain": ("atomnet.explain.commands", "explain predicted energies atom by atom (LRP, gradients, ...)"),
+    "relax": ("atomnet.relax", "relax a structure (positions, optionally the cell) with ASE optimisers"),
+    "vibrate": ("atomnet.vibrate", "harmonic frequencies and normal modes from the exact Hessian"),
+    "serve": ("atomnet.serve", "drive a model as an i-PI client (i-PI, LAMMPS fix ipi) over a socket"),
+    "export": ("atomnet.export", "export a model as a torch.export / AOTInductor package (.pt2)"),
 }
 
 

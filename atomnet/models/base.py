@@ -64,6 +64,9 @@ class AtomisticModel(nn.Module):
     """
 
     name: str = ""
+    #: energies depend on the positions only through the neighbour pairs (False: a global descriptor of all
+    #: positions, e.g. CMNet's Coulomb matrix; such models cannot be exported with an external pair list)
+    pair_based: bool = True
 
     def __init__(self, cutoff: float, max_z: int, reduce: str, hparams: dict):
         super().__init__()

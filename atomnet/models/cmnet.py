@@ -57,6 +57,7 @@ class CMNet(AtomisticModel):
     """
 
     name = "cmnet"
+    pair_based = False
 
     def __init__(
         self,

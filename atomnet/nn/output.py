@@ -13,6 +13,14 @@ from torch import nn
 from atomnet.errors import ModelInputError
 
 
+def tracing() -> bool:
+    """Whether torch is tracing (``torch.compile``, ``torch.export``, ``make_fx``) rather than running:
+    checks that read tensor values must be skipped then."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return torch.compiler.is_compiling() or get_proxy_mode() is not None
+
+
 class AtomEmbedding(nn.Embedding):
     """Learned vector per element, x_i⁰ = a_{Z_i}. Shapes: (n_atoms,) int → (n_atoms, F).
 
@@ -24,11 +32,11 @@ class AtomEmbedding(nn.Embedding):
         self.max_z = int(max_z)
 
     def forward(self, numbers: torch.Tensor) -> torch.Tensor:
-        # the check reads values: a graph break under torch.compile, skipped there (AtomNetCalculator, the
-        # caller that compiles, checks atomic numbers before evaluating)
+        # the check reads values: a graph break under torch.compile and impossible while tracing for export,
+        # skipped there (AtomNetCalculator, the caller that compiles, and the exporter check atomic numbers)
         if (
             numbers.numel()
-            and not torch.compiler.is_compiling()
+            and not tracing()
             and (int(numbers.max()) > self.max_z or int(numbers.min()) < 1)
         ):
             bad = numbers[(numbers > self.max_z) | (numbers < 1)].unique().tolist()
