@@ -113,3 +113,32 @@ def test_units_come_from_the_file_or_the_model(shared_data, tmp_path, capsys):
     metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
     entry = {e["name"]: e for e in atomnet.list_models()}["schnet-md17-ethanol"]
     assert metrics["energy_mae_kcal/mol"] < 3 * entry["errors"]["energy_mae_kcal/mol"]
+
+
+def test_write_extxyz_holds_the_structures_references_and_predictions(model_file, tmp_path):
+    """``--write-extxyz``: ASE reads back each input structure with its reference values and the model's
+    predictions, equal to an independent evaluation of the same frames."""
+    frames = ase.io.read(XTB, index="3:9")
+    data = tmp_path / "frames.extxyz"
+    ase.io.write(data, frames)
+    written = tmp_path / "out" / "predictions.xyz"
+    args = ["evaluate", str(model_file), str(data), "--out", str(tmp_path / "eval"), "--energy-unit", "eV"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache"), "--write-extxyz", str(written)]) == 0
+    back = ase.io.read(written, index=":")
+    assert len(back) == len(frames)
+    content = torch.load(model_file, weights_only=True)
+    potential = Potential(build_model("schnet", **content["hparams"])).double()
+    potential.model.load_state_dict(content["state_dict"])
+    for atoms, ref in zip(back, frames, strict=True):
+        assert (atoms.numbers == ref.numbers).all()
+        np.testing.assert_allclose(atoms.positions, ref.positions, atol=1e-6)
+        assert atoms.info["energy_ref"] == pytest.approx(ref.get_potential_energy(), abs=1e-4)  # float32 data
+        np.testing.assert_allclose(atoms.arrays["forces_ref"], ref.get_forces(), atol=1e-5)
+        out = potential.eval()(batch_from_atoms([ref], cutoff=4.0))
+        assert atoms.info["energy_pred"] == pytest.approx(float(out[keys.ENERGY][0]), abs=1e-3)
+        np.testing.assert_allclose(atoms.arrays["forces_pred"], out[keys.FORCES].numpy(), atol=1e-4)
+        np.testing.assert_allclose(atoms.arrays["energies_pred"].sum(), atoms.info["energy_pred"], atol=1e-3)
+        assert atoms.info["energy_error"] == pytest.approx(
+            atoms.info["energy_pred"] - atoms.info["energy_ref"]
+        )
+    assert not [p for p in written.parent.iterdir() if p.name.startswith(".")]  # no temp file left

@@ -197,3 +197,38 @@ def write_extxyz(table: MoleculeTable, path: str | Path, internal_units: bool = 
     with atomic_output(path) as tmp:
         ase.io.write(tmp, atoms_list, format="extxyz")
     return path
+
+
+def write_predictions(pred: dict[str, np.ndarray], path: str | Path) -> Path:
+    """Structures with reference and predicted values as extended XYZ, atomically, for users' own analysis.
+
+    ``pred`` is :func:`atomnet.training.evaluate.predict` with ``structures=True``: per molecule
+    ``energy``/``energy_ref`` eV, ``n_atoms``, optional ``index`` (store index); per atom ``numbers``,
+    ``positions`` Å, ``atomic_energies`` eV, optional ``forces``/``forces_ref`` eV/Å, optional ``cell``
+    (n_molecules, 3, 3) Å. Header keys ``energy_ref``, ``energy_pred``, ``energy_error`` (eV), ``index``,
+    ``units``; columns ``energies_pred`` (eV), ``forces_ref``, ``forces_pred`` (eV/Å). Read back with
+    ``ase.io.read(path, index=":")``: ``atoms.info["energy_pred"]``, ``atoms.arrays["forces_pred"]``.
+    """
+    starts = np.concatenate([[0], np.cumsum(pred["n_atoms"])])
+    frames = []
+    for m in range(len(pred["n_atoms"])):
+        a, b = int(starts[m]), int(starts[m + 1])
+        atoms = ase.Atoms(numbers=pred["numbers"][a:b], positions=pred["positions"][a:b])
+        if "cell" in pred:
+            atoms.cell, atoms.pbc = pred["cell"][m], pred["pbc"][m]
+        atoms.info["energy_ref"] = float(pred["energy_ref"][m])
+        atoms.info["energy_pred"] = float(pred["energy"][m])
+        atoms.info["energy_error"] = float(pred["energy"][m] - pred["energy_ref"][m])
+        if "index" in pred:
+            atoms.info["index"] = int(pred["index"][m])
+        atoms.info["units"] = "energy=eV;forces=eV/Angstrom;positions=Angstrom"
+        atoms.arrays["energies_pred"] = pred["atomic_energies"][a:b].astype(np.float64)
+        if "forces" in pred:
+            atoms.arrays["forces_ref"] = pred["forces_ref"][a:b].astype(np.float64)
+            atoms.arrays["forces_pred"] = pred["forces"][a:b].astype(np.float64)
+        frames.append(atoms)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, suffix=".xyz") as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
+    return path

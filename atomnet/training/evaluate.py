@@ -28,14 +28,16 @@ EV_TO_KCAL = 1.0 / KCAL_PER_MOL  #: kcal/mol per eV
 
 @torch.no_grad()
 def predict(
-    potential: Potential, dataset, batch_size: int = 64, forces: bool = True
+    potential: Potential, dataset, batch_size: int = 64, forces: bool = True, structures: bool = False
 ) -> dict[str, np.ndarray]:
     """Predictions and references over ``dataset`` (batches with ``energy``/``forces`` targets).
 
     Returns numpy arrays: ``energy``/``energy_ref`` (n_molecules,) eV, ``n_atoms`` (n_molecules,),
     ``index`` (n_molecules,) store indices, if available ``forces``/``forces_ref`` (n_atoms_total, 3) eV/Å,
     and for a multitask model ``<name>``/``<name>_ref`` (n_molecules,) of every extra target whose reference
-    the dataset carries (their names in ``properties``).
+    the dataset carries (their names in ``properties``). ``structures=True`` adds ``numbers``,
+    ``positions`` Å and ``atomic_energies`` eV per atom, and ``cell``/``pbc`` per molecule for periodic data
+    (what :func:`atomnet.data.ase_io.write_predictions` writes).
     """
     from atomnet.training.datamodule import INDEX
 
@@ -56,6 +58,11 @@ def predict(
         if want_f:
             rows["forces"] = out[keys.FORCES]
             rows["forces_ref"] = batch.targets[keys.FORCES]
+        if structures:
+            rows["numbers"], rows["positions"] = batch.numbers, batch.positions
+            rows["atomic_energies"] = out[keys.ATOMIC_ENERGIES]
+            if batch.cell is not None:
+                rows["cell"], rows["pbc"] = batch.cell, batch.pbc
         names = [p for p in potential.model.properties if p in batch.targets]
         for name in names:
             rows[name], rows[f"{name}_ref"] = out[name], batch.targets[name]
@@ -125,13 +132,15 @@ def evaluate(
     title: str = "",
     plots: bool = True,
     units: dict[str, str] | None = None,
+    extxyz: str | Path | None = None,
 ) -> tuple[dict[str, float], dict[str, Path]]:
     """Predict, compute metrics and write ``metrics.json``, ``predictions.npz``, ``parity.png``, ``errors.png``
-    (one panel per target; ``units``: internal unit of each extra target of a multitask model).
+    (one panel per target; ``units``: internal unit of each extra target of a multitask model), and with
+    ``extxyz`` the structures with reference and predicted values (:func:`~atomnet.data.ase_io.write_predictions`).
 
-    Returns (metrics, {"json"|"parity"|"histogram"|"predictions": path}).
+    Returns (metrics, {"json"|"parity"|"histogram"|"predictions"|"extxyz": path}).
     """
-    pred = predict(potential, dataset, batch_size)
+    pred = predict(potential, dataset, batch_size, structures=extxyz is not None)
     metrics = compute_metrics(pred, units)
     paths: dict[str, Path] = {}
     if out_dir is not None:
@@ -149,6 +158,10 @@ def evaluate(
             shown = {**pred, "property_units": units or {}}
             paths["parity"] = parity_plot(shown, out / "parity.png", title=title)
             paths["histogram"] = error_histogram(shown, out / "errors.png", title=title)
+    if extxyz is not None:
+        from atomnet.data.ase_io import write_predictions
+
+        paths["extxyz"] = write_predictions(pred, extxyz)
     return metrics, paths
 
 
@@ -175,6 +188,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", default="test", choices=("train", "val", "test"))
     parser.add_argument("--limit", type=int, default=None, help="raw file: first N molecules only")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--write-extxyz",
+        metavar="FILE",
+        default=None,
+        help="also write the structures with reference and predicted energies, forces and per-atom "
+        "energies (extxyz keys energy_ref, energy_pred, forces_ref, forces_pred, energies_pred; eV, eV/Å)",
+    )
     parser.add_argument(
         "--cache-dir", default=None, help="where converted stores are cached (default: runs/cache)"
     )
@@ -234,7 +254,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = Path(f"eval-{args.model}-{Path(args.data).name.split('.')[0]}")
     title = f"{Path(args.model).name} on {Path(args.data).name}"
-    metrics, paths = evaluate(potential, ds, out, args.batch_size, title=title, units=units)
+    metrics, paths = evaluate(
+        potential, ds, out, args.batch_size, title=title, units=units, extxyz=args.write_extxyz
+    )
     print(format_metrics(metrics, title))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
