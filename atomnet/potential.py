@@ -90,6 +90,39 @@ def energy_and_forces(
     return out
 
 
+def hessian(model: AtomisticModel, batch: AtomsBatch, rows_per_pass: int = 64) -> torch.Tensor:
+    """Exact Hessian H = ∂²E/∂R∂R of the total energy of ``batch`` by double backpropagation.
+
+    Forces are computed once with their graph; each backward pass then differentiates a block of
+    ``rows_per_pass`` force components at once (``is_grads_batched``: one vectorised pass per block, a loop
+    over rows where an op has no batching rule). Returns (3 n_atoms, 3 n_atoms) in the model's energy unit
+    per Å², rows and columns ordered atom by atom (x, y, z), symmetric up to round-off. Memory grows like
+    rows_per_pass × the graph.
+    """
+    check_batch(batch, model.cutoff)
+    positions = batch.positions.detach().requires_grad_(True)
+    with torch.enable_grad():
+        energy = model(batch, positions=positions)[keys.ENERGY].sum()
+        (grad,) = torch.autograd.grad(energy, [positions], create_graph=True)
+        grad = grad.reshape(-1)
+        n = grad.numel()
+        rows = []
+        for start in range(0, n, max(1, int(rows_per_pass))):
+            k = min(rows_per_pass, n - start)
+            seeds = torch.zeros(k, n, dtype=grad.dtype, device=grad.device)
+            seeds[torch.arange(k), start + torch.arange(k)] = 1.0
+            try:
+                (block,) = torch.autograd.grad(
+                    grad, [positions], grad_outputs=seeds, is_grads_batched=True, retain_graph=True
+                )
+            except RuntimeError:  # an op without a vmap rule: one row per pass
+                block = torch.stack(
+                    [torch.autograd.grad(grad, [positions], s, retain_graph=True)[0] for s in seeds]
+                )
+            rows.append(block.reshape(k, n))
+    return torch.cat(rows).detach()
+
+
 class Potential(nn.Module):
     """A model plus the forces/stress machinery: ``pot(batch, forces=True, stress=False)``.
 
