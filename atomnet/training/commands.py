@@ -76,6 +76,7 @@ def train(
     from atomnet.models import build_model
     from atomnet.potential import Potential
     from atomnet.training.datamodule import StoreDataModule, resolve_targets
+    from atomnet.training.finetune import freeze, pretrained_start
     from atomnet.training.lightning_module import PotentialModule
 
     t0 = time.perf_counter()
@@ -93,22 +94,29 @@ def train(
         cfg.model.hparams["properties"] = properties or None
         if cfg.data.targets[0] in cfg.data.intensive:
             cfg.model.hparams["reduce"] = "mean"
+    pretrained = pretrained_start(cfg)  # fine-tuning: the architecture comes from the pretrained model
     cfg.save(run_dir / "config.yaml")
 
     pl.seed_everything(t.seed, workers=True, verbose=False)
     model = build_model(cfg.model.name, **cfg.model.hparams)
+    if pretrained is not None:
+        model.load_state_dict(pretrained.state_dict())
     dm = StoreDataModule(cfg, model.cutoff, run_dir, progress=not quiet)
     split_file = run_dir / "split.npz"
     dm.prepare(load_split(split_file) if resume is not None and split_file.exists() else None)
     atomref, mean, std = dm.statistics(model.max_z)
-    model.set_statistics(mean, std, atomref)
+    refit = pretrained is None or cfg.model.refit_statistics
+    if refit:
+        model.set_statistics(mean, std, atomref)
     spreads = {}
     if cfg.data.targets is not None:
         for name in cfg.data.targets:
             ref, m, sd, spreads[name] = dm.target_statistics(name, model.max_z)
-            if name in dm.properties:
+            if name in dm.properties and refit:
                 model.head(name).standardize.set(m, sd, ref)
-    if hasattr(model, "set_input_statistics") and resume is None:  # e.g. CMNet's per-entry standardisation
+    freeze(model, cfg.model.freeze)
+    fresh = resume is None and pretrained is None
+    if hasattr(model, "set_input_statistics") and fresh:  # e.g. CMNet's per-entry standardisation
         train = dm.dataset("train")
         model.set_input_statistics(train.__getitems__(list(range(min(len(train), 2000)))))
     module = PotentialModule(Potential(model), cfg, spreads)

@@ -37,10 +37,24 @@ class ModelConfig:
     """``name``: a registered model (``schnet``, ``dtnn``); ``hparams``: its constructor arguments.
 
     In YAML the hyperparameters sit next to ``name`` (``model: {name: schnet, n_interactions: 6}``).
+
+    Fine-tuning: ``init_from`` (a pretrained name, model file or checkpoint) starts from those weights; the
+    architecture (name and hyperparameters) is taken from it, and any the config also gives must agree.
+    ``refit_statistics``: fit the output mean/std and per-element reference energies on the new training data
+    (``true``, needed when the new labels have another reference, e.g. another level of theory) or keep the
+    pretrained ones (``false``). ``freeze``: parameter-name prefixes that are not trained, e.g.
+    ``[embedding, interactions.0]`` (SchNet's embedding and first interaction block).
     """
 
     name: str = "schnet"
     hparams: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    refit_statistics: bool = True
+    freeze: list[str] = field(default_factory=list)
+
+
+#: keys of the model section that are not constructor arguments of the model
+FINE_TUNING = {"init_from": str, "refit_statistics": bool, "freeze": list[str]}
 
 
 @dataclass
@@ -150,6 +164,12 @@ class Config:
         """Flat YAML form (model hparams next to ``name``)."""
         d = asdict(self)
         d["model"] = {"name": self.model.name, **self.model.hparams}
+        if self.model.init_from is not None:
+            d["model"].update(
+                init_from=self.model.init_from,
+                refit_statistics=self.model.refit_statistics,
+                freeze=list(self.model.freeze),
+            )
         return d
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -258,7 +278,12 @@ def config_from_dict(raw: dict | None) -> Config:
         raise ConfigError("model: expected a mapping")
     name = _check_value("model.name", model_raw.pop("name", "schnet"), str)
     nested = model_raw.pop("hparams", {}) or {}
-    cfg.model = ModelConfig(name.lower(), _model_hparams(name, {**nested, **model_raw}))
+    tuning = {
+        k: _check_value(f"model.{k}", model_raw.pop(k), tp) for k, tp in FINE_TUNING.items() if k in model_raw
+    }
+    cfg.model = ModelConfig(name.lower(), _model_hparams(name, {**nested, **model_raw}), **tuning)
+    if cfg.model.init_from is None and (cfg.model.freeze or "refit_statistics" in tuning):
+        raise ConfigError("model.freeze / model.refit_statistics need model.init_from (a pretrained model)")
     for section in ("data", "optim", "train"):
         values = raw.get(section) or {}
         if not isinstance(values, dict):
@@ -362,6 +387,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     cfg.data.path = _resolve_path(cfg.data.path, base)
     cfg.data.split_file = _resolve_path(cfg.data.split_file, base)
     cfg.data.cache_dir = _resolve_path(cfg.data.cache_dir, base)
+    if cfg.model.init_from is not None:  # a pretrained name stays a name; a file is resolved like data.path
+        from atomnet.pretrained import list_models
+
+        if cfg.model.init_from not in {m["name"] for m in list_models()}:
+            cfg.model.init_from = _resolve_path(cfg.model.init_from, base)
     return cfg
 
 

@@ -186,7 +186,8 @@ class PotentialModule(pl.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        opt = cls(self.potential.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        trainable = [p for p in self.potential.parameters() if p.requires_grad]  # model.freeze: the others
+        opt = cls(trainable, lr=o.lr, weight_decay=o.weight_decay)
         if o.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, factor=o.plateau_factor, patience=o.plateau_patience, min_lr=o.min_lr
