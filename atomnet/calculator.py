@@ -4,10 +4,7 @@
 systems, ``stress`` in one evaluation and stores plain numpy arrays in ``self.results`` (eV, Å, eV/Å, eV/Å³).
 
 Neighbour pairs are built at ``cutoff + skin`` and reused while no atom moved more than ``skin / 2`` since the
-last build (Verlet buffer; numbers, cell and pbc unchanged). Pairs beyond the model cutoff are zeroed by the
-cutoff function, so results are identical to rebuilding every step. An atom wrapped back into the cell moves by
-a lattice vector, which is more than ``skin / 2``, so wrapping triggers a rebuild and lattice shifts stay valid.
-The batch tensors are kept between steps; only the new positions are copied in.
+last build (:class:`atomnet.verlet.VerletPairs`); results are identical to rebuilding every step.
 
 A list of potentials is an ensemble: results are the mean, ``energy_std`` (eV) and ``forces_std``
 (n_atoms, 3) eV/Å the standard deviation over members.
@@ -19,7 +16,6 @@ import copy
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,16 +24,14 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from atomnet import keys, units
-from atomnet.data.batch import AtomsBatch, make_batch
+from atomnet.data.batch import AtomsBatch
 from atomnet.errors import AtomNetError, ModelInputError
 from atomnet.models.base import AtomisticModel
 from atomnet.models.tabulate import tabulate_filters
 from atomnet.nn.tabulated import DEFAULT_SPACING
 from atomnet.potential import Potential, energy_and_forces
 from atomnet.pretrained import load_with_meta
-
-#: Two atoms closer than this (Å) are reported as overlapping instead of being evaluated.
-MIN_DISTANCE = 0.1
+from atomnet.verlet import VerletPairs
 
 
 def _same(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
@@ -118,11 +112,9 @@ class AtomNetCalculator(Calculator):
         self.elements = None if elements is None else frozenset(int(z) for z in elements)
         self.energy_unit = energy_unit
         self.energy_factor = units.energy_factor(energy_unit)  # eV per model energy unit
-        if skin < 0:
-            raise ValueError(f"skin must be >= 0 Å, got {skin}")
-        self.skin = float(skin)
+        self.pairs = VerletPairs(self.cutoff, skin, self.dtype, self.device, on_build=self.check_numbers)
+        self.skin = self.pairs.skin
         self.n_evaluations = 0  #: model evaluations (calls of calculate), for tests and benchmarks
-        self.n_neighbor_builds = 0  #: neighbour-list builds
         self.compiled = bool(compile)  #: whether evaluations use torch.compile'd models
         self.tabulated = tabulate is not False and tabulate is not None  #: evaluations use tabulated filters
         spacing = DEFAULT_SPACING if tabulate is True else tabulate
@@ -130,8 +122,11 @@ class AtomNetCalculator(Calculator):
             tabulate_filters(p.model, spacing) if self.tabulated else p.model for p in self.potentials
         ]
         self._models = [_compiled(m) for m in self._eager_models] if compile else self._eager_models
-        self._batch: AtomsBatch | None = None
-        self._built_positions: np.ndarray | None = None  # (n_atoms, 3) Å at the last build
+
+    @property
+    def n_neighbor_builds(self) -> int:
+        """Neighbour-list builds so far."""
+        return self.pairs.n_builds
 
     @classmethod
     def from_checkpoint(
@@ -168,64 +163,6 @@ class AtomNetCalculator(Calculator):
             raise ModelInputError(
                 f"element(s) {names} (Z={unknown}) unknown to the model (knows Z in {known})"
             )
-
-    def _needs_rebuild(self, positions: np.ndarray, system_changes) -> bool:
-        if self._batch is None or self._built_positions is None:
-            return True
-        if {"numbers", "cell", "pbc"} & set(system_changes):
-            return True
-        if self._built_positions.shape != positions.shape:
-            return True
-        disp2 = np.max(np.einsum("ij,ij->i", *(2 * [positions - self._built_positions])), initial=0.0)
-        return self.skin == 0.0 or disp2 > (0.5 * self.skin) ** 2
-
-    def _build(self, atoms) -> AtomsBatch:
-        numbers = atoms.get_atomic_numbers()
-        self.check_numbers(numbers)
-        pbc = atoms.get_pbc()
-        periodic = bool(pbc.any())
-        positions = torch.as_tensor(atoms.positions, dtype=self.dtype)
-        batch = make_batch(
-            torch.from_numpy(numbers),
-            positions,
-            torch.tensor([len(atoms)]),
-            self.cutoff + self.skin,
-            cells=atoms.cell.array[None] if periodic else None,
-            pbcs=pbc[None] if periodic else None,
-        ).to(self.device, self.dtype)
-        self._built_positions = atoms.positions.copy()
-        self.n_neighbor_builds += 1
-        return batch
-
-    def _pairs_within_cutoff(self, batch: AtomsBatch) -> AtomsBatch:
-        """Check for overlapping atoms; with a skin, keep only the pairs inside the model cutoff.
-
-        Pairs in the skin contribute exactly zero (cutoff function), so dropping them changes nothing but
-        saves the filter-network work on them (about (1 + skin/cutoff)³ − 1 of all pairs).
-        """
-        if batch.pair_i.numel() == 0:
-            return batch
-        with torch.no_grad():
-            d2 = batch.pair_vectors(unique=True).pow(2).sum(-1)  # mirrored: one per unordered pair
-            k = int(torch.argmin(d2))
-            if float(d2[k]) < MIN_DISTANCE**2:
-                i, j = int(batch.pair_i[k]), int(batch.pair_j[k])
-                raise ModelInputError(
-                    f"atoms {min(i, j)} and {max(i, j)} overlap (distance {float(d2[k]) ** 0.5:.3g} Å "
-                    f"< {MIN_DISTANCE} Å)"
-                )
-            if self.skin == 0.0:
-                return batch
-            keep = torch.nonzero(d2 < self.cutoff**2).squeeze(1)
-            if batch.mirrored:  # the same unordered pairs in both halves: the layout stays mirrored
-                keep = torch.cat([keep, keep + d2.shape[0]])
-        shifts = batch.cell_shifts
-        return replace(
-            batch,
-            pair_i=batch.pair_i[keep],
-            pair_j=batch.pair_j[keep],
-            cell_shifts=None if shifts is None else shifts[keep],
-        )
 
     def _evaluate(self, batch: AtomsBatch, stress: bool) -> list[dict[str, torch.Tensor]]:
         try:
@@ -279,12 +216,7 @@ class AtomNetCalculator(Calculator):
         if not np.isfinite(positions).all():
             bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
             raise ModelInputError(f"non-finite (NaN/inf) positions for atom(s) {bad[:10].tolist()}")
-        if self._needs_rebuild(positions, system_changes):
-            self._batch = None  # drop a stale list if the build fails
-            self._batch = self._build(atoms)
-        else:
-            self._batch.positions.copy_(torch.from_numpy(positions))
-        batch = self._pairs_within_cutoff(self._batch)
+        batch = self.pairs(atoms, system_changes)
         stress = bool(atoms.pbc.any()) and atoms.cell.rank == 3 and "stress" in properties
         outs = self._evaluate(batch, stress)
         self.n_evaluations += 1

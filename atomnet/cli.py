@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("atomnet.explain.commands", "explain predicted energies atom by atom (LRP, gradients, ...)"),
     "relax": ("atomnet.relax", "relax a structure (positions, optionally the cell) with ASE optimisers"),
     "vibrate": ("atomnet.vibrate", "harmonic frequencies and normal modes from the exact Hessian"),
-    "serve": ("atomnet.serve", "drive a model as an i-PI client (i-PI, LAMMPS fix ipi) over a socket"),
+    "serve": ("atomnet.serve", "serve a model as an i-PI force client over a UNIX or TCP socket"),
     "export": ("atomnet.export", "export a model as a torch.export / AOTInductor package (.pt2)"),
 }
 

@@ -278,7 +278,7 @@ def test_compiled_calculator_matches_eager(name):
     for frame in frames:
         for calc in (eager, compiled):
             calc.calculate(frame, ["energy", "forces", "stress"])
-        pairs.append(compiled._batch.pair_i.numel())
+        pairs.append(compiled.pairs.built.pair_i.numel())
         for key in ("energy", "energies", "forces", "stress"):
             np.testing.assert_allclose(compiled.results[key], eager.results[key], rtol=1e-9, atol=1e-10)
     assert pairs[0] != pairs[1] and compiled.n_neighbor_builds == 2
