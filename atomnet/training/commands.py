@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import time
 from pathlib import Path
 
@@ -84,8 +85,13 @@ def train(
     t = cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    if resume is not None:
+    shared = os.environ.get(RUN_DIR_ENV)  # a process started by Lightning's DDP launcher: the parent's run
+    if shared:
+        run_dir = Path(shared)
+    elif resume is not None:
         run_dir = Path(run_dir) if run_dir else Path(resume).resolve().parent
+    elif run_dir is None and launched_world_size() > 1:  # torchrun / srun: every process must agree
+        run_dir = Path(t.out_dir) / t.name
     else:
         run_dir = Path(run_dir) if run_dir else _unique_dir(Path(t.out_dir) / t.name)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +101,8 @@ def train(
         if cfg.data.targets[0] in cfg.data.intensive:
             cfg.model.hparams["reduce"] = "mean"
     pretrained = pretrained_start(cfg)  # fine-tuning: the architecture comes from the pretrained model
-    cfg.save(run_dir / "config.yaml")
+    if launched_rank_zero():
+        cfg.save(run_dir / "config.yaml")
 
     pl.seed_everything(t.seed, workers=True, verbose=False)
     model = build_model(cfg.model.name, **cfg.model.hparams)
@@ -138,7 +145,10 @@ def train(
         max_epochs=t.max_epochs,
         max_time=datetime.timedelta(minutes=t.max_time) if t.max_time else None,
         accelerator=t.accelerator,
-        devices=1,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        use_distributed_sampler=False,  # EpochSampler shards itself: no padded duplicates in val/test
         precision="64-true" if t.precision == 64 else "32-true",
         gradient_clip_val=cfg.optim.grad_clip,
         callbacks=callbacks,
@@ -151,7 +161,12 @@ def train(
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes the DDP launcher starts
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
+    finally:
+        if not shared:
+            os.environ.pop(RUN_DIR_ENV, None)
     train_s = time.perf_counter() - t0
 
     summary = {
@@ -160,12 +175,34 @@ def train(
         "last_checkpoint": str(run_dir / "last.ckpt"),
         "epochs": trainer.current_epoch,
         "train_seconds": round(train_s, 1),
+        "world_size": trainer.world_size,
+        "batch_size_per_process": cfg.data.batch_size,
+        "global_batch_size": cfg.data.batch_size * trainer.world_size,
     }
+    if not trainer.is_global_zero:  # evaluation, model file and summary: written once, by rank 0
+        return {**summary, "rank": trainer.global_rank}
     summary.update(
         finish(cfg, dm, checkpoint.best_model_path or str(run_dir / "last.ckpt"), run_dir, train_s)
     )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+#: environment variable that hands the run directory to the processes of a distributed run
+RUN_DIR_ENV = "ATOMNET_RUN_DIR"
+
+
+def launched_rank_zero() -> bool:
+    """Whether this process is rank 0 of its run (or the only process), from the launchers' variables."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+
+
+def launched_world_size() -> int:
+    """Processes of a run started by torchrun (``WORLD_SIZE``) or SLURM's srun (``SLURM_NTASKS``), else 1."""
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
 
 
 def _logger(kind: str, run_dir: Path):
@@ -253,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     s = train(cfg, run_dir=args.run_dir, resume=args.resume)
+    if "rank" in s:  # a process of a distributed run other than rank 0: rank 0 reports
+        return 0
     m = s["metrics"]
     print(format_metrics(m, f"{s['evaluated_on']} set, best checkpoint ({s['best_checkpoint']}):"))
     line = f"{s['evaluated_on']} MAE: energy {m['energy_mae_eV'] * 1000:.2f} meV ({m['energy_mae_kcal/mol']:.3f} kcal/mol)"

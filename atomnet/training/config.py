@@ -133,6 +133,9 @@ class TrainConfig:
     precision: 32 or 64. num_threads: torch CPU threads (``null``: torch's default).
     out_dir/name: the run directory is ``out_dir/name`` (``-2``, ``-3`` ... appended if it exists).
     logger: ``csv`` (``<run>/logs/version_k/metrics.csv``) or ``tensorboard`` (needs the tensorboard package).
+    accelerator, devices, num_nodes, strategy: Lightning's names (``strategy: ddp`` with ``devices: 2`` trains
+    in two processes; ``data.batch_size`` is per process, so the global batch is batch_size × devices ×
+    num_nodes). Validation and test metrics cover every molecule exactly once whatever the process count.
     """
 
     seed: int = 0
@@ -141,6 +144,9 @@ class TrainConfig:
     early_stopping: int = 0
     precision: int = 32
     accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     num_threads: int | None = None
     out_dir: str = "runs"
     name: str = "run"
@@ -187,6 +193,8 @@ CHOICES = {
     "optim.scheduler": ("plateau", "cosine", "none"),
     "train.precision": (32, 64),
     "train.logger": ("csv", "tensorboard"),
+    "train.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
+    "train.strategy": ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"),
 }
 
 
@@ -321,6 +329,11 @@ def config_from_dict(raw: dict | None) -> Config:
         raise ConfigError(
             "model.properties: list the targets in data.targets instead (the heads follow from it)"
         )
+    for key in ("devices", "num_nodes"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key}: expected an integer >= 1, got {getattr(cfg.train, key)}")
+    if cfg.train.strategy == "auto" and cfg.train.devices * cfg.train.num_nodes > 1:
+        raise ConfigError("train.devices/num_nodes > 1 need train.strategy: ddp (or ddp_spawn)")
     if len(cfg.data.split) != 3:
         raise ConfigError(f"data.split: expected [n_train, n_val, n_test], got {cfg.data.split}")
     if any(s > 1 for s in cfg.data.split):  # counts

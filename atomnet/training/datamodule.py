@@ -173,22 +173,42 @@ def make_split(cfg: DataConfig, n: int, seed: int) -> Split:
 
 
 class EpochSampler(Sampler[int]):
-    """Random permutation that depends only on (seed, epoch); Lightning calls :meth:`set_epoch`."""
+    """Random permutation that depends only on (seed, epoch); Lightning calls :meth:`set_epoch`.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    In a distributed run (``world`` processes) process ``rank`` takes every ``world``-th index of the same
+    order, so the processes' k-th batches together are the k-th batch of one process with a ``world`` times
+    larger batch. ``pad`` (training) repeats the first indices so every process gets as many; without it
+    (validation, test) every index is seen exactly once and the shards differ in length by at most one.
+    """
+
+    def __init__(
+        self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1, pad: bool = True
+    ):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside 0..{world - 1}")
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.rank, self.world, self.pad = rank, world, pad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        if self.pad:
+            return -(-self.n // self.world)
+        return len(range(self.rank, self.n, self.world))
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        if self.world == 1:
+            return iter(order)
+        if self.pad and self.n:
+            total = len(self) * self.world
+            order = (order * (total // self.n + 1))[:total]
+        return iter(order[self.rank :: self.world])
 
 
 class TrainingDataset(StoreDataset):
@@ -313,10 +333,14 @@ class StoreDataModule(pl.LightningDataModule):
         ds = self.dataset(part)
         d = self.cfg.data
         bs = d.batch_size if part == "train" else (d.val_batch_size or d.batch_size)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if world > len(ds):
+            raise ConfigError(f"{part} split: {len(ds)} molecules for {world} processes (need >= 1 each)")
         return DataLoader(
             ds,
             batch_size=bs,
-            sampler=EpochSampler(len(ds), self.cfg.train.seed, shuffle),
+            sampler=EpochSampler(len(ds), self.cfg.train.seed, shuffle, rank, world, pad=part == "train"),
             collate_fn=pass_through,
             num_workers=d.num_workers,
             persistent_workers=d.num_workers > 0,

@@ -55,6 +55,25 @@ class ErrorMeter:
         for name in properties:
             self.add(name, out[name] - batch.targets[name])
 
+    def synchronize(self) -> None:
+        """Sum the running sums over the processes of a distributed run (every process calls it), so every
+        process reports the metrics of all molecules, each counted once."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        names: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(names, sorted(self.sums))
+        union = sorted(set().union(*names))
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([self.sums.get(k, [0.0, 0.0, 0]) for k in union], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        self.sums = {k: [float(a), float(q), int(n)] for k, (a, q, n) in zip(union, t.tolist(), strict=True)}
+
+    def mse(self, name: str) -> float:
+        a, q, n = self.sums.get(name, (0.0, 0.0, 0))
+        return q / n if n else 0.0
+
     def compute(self, prefix: str) -> dict[str, float]:
         res = {}
         for name, (a, q, n) in self.sums.items():
@@ -148,24 +167,39 @@ class PotentialModule(pl.LightningModule):
                 for be, b in zip(self.ema.buffers(), self.potential.buffers(), strict=True):
                     be.copy_(b)
 
-    def _eval_step(self, batch: AtomsBatch, meter: ErrorMeter, prefix: str) -> torch.Tensor:
-        pot = self.eval_potential
-        out = pot(batch, forces=self.use_forces or keys.FORCES in batch.targets, create_graph=False)
-        loss = self.loss(out, batch)
-        meter.update(out, batch, self.properties)
-        self.log(f"{prefix}_loss", loss, on_epoch=True, prog_bar=True, batch_size=batch.n_molecules)
+    def meter_loss(self, meter: ErrorMeter) -> float:
+        """The loss of :meth:`loss` over everything ``meter`` saw: mean squared errors over all molecules and
+        force components (not a mean of batch losses), identical for any batching or process count."""
+        o = self.cfg.optim
+        loss = o.energy_weight * meter.mse("energy")
+        if self.use_forces:
+            loss += o.forces_weight * meter.mse("forces")
+        for name, w in self.property_weights.items():
+            loss += w * meter.mse(name)
         return loss
 
-    def validation_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, self.val_meter, "val")
+    def _eval_step(self, batch: AtomsBatch, meter: ErrorMeter) -> None:
+        pot = self.eval_potential
+        out = pot(batch, forces=self.use_forces or keys.FORCES in batch.targets, create_graph=False)
+        meter.update(out, batch, self.properties)
 
-    def test_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, self.val_meter, "test")
+    def _eval_epoch_end(self, prefix: str) -> None:
+        self.val_meter.synchronize()
+        self.log(f"{prefix}_loss", self.meter_loss(self.val_meter), prog_bar=True)
+        for k, v in self.val_meter.compute(prefix).items():
+            self.log(k, v, prog_bar=k in (f"{prefix}_energy_mae", f"{prefix}_forces_mae"))
+
+    def validation_step(self, batch: AtomsBatch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_meter)
+
+    def test_step(self, batch: AtomsBatch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_meter)
 
     def on_train_epoch_start(self) -> None:
         self.train_meter.reset()
 
     def on_train_epoch_end(self) -> None:
+        self.train_meter.synchronize()
         self.log_dict(self.train_meter.compute("train"))
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
@@ -173,14 +207,13 @@ class PotentialModule(pl.LightningModule):
         self.val_meter.reset()
 
     def on_validation_epoch_end(self) -> None:
-        for k, v in self.val_meter.compute("val").items():
-            self.log(k, v, prog_bar=k in ("val_energy_mae", "val_forces_mae"))
+        self._eval_epoch_end("val")
 
     def on_test_epoch_start(self) -> None:
         self.val_meter.reset()
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.val_meter.compute("test"))
+        self._eval_epoch_end("test")
 
     # --- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
