@@ -61,9 +61,26 @@ def test_distributed_settings_are_validated():
 
 
 def _metrics(run: Path) -> list[dict]:
-    (path,) = (run / "logs").glob("version_*/metrics.csv")
-    with open(path) as f:
-        return [r for r in csv.DictReader(f) if r.get("val_loss")]
+    """Validation rows of every logger version (a resumed run adds one), in order."""
+    rows = []
+    for path in sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        with open(path) as f:
+            rows += [r for r in csv.DictReader(f) if r.get("val_loss")]
+    return rows
+
+
+def _run(argv: list[str], cwd: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ATOMNET_RUN_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "atomnet.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _train(tmp_path: Path, name: str, store: Path, devices: int, batch: int) -> Path:
@@ -84,17 +101,7 @@ def _train(tmp_path: Path, name: str, store: Path, devices: int, batch: int) -> 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("ATOMNET_RUN_DIR", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "atomnet.cli", "train", str(path), "--run-dir", str(run)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run(["train", str(path), "--run-dir", str(run)], tmp_path)
     return run
 
 
@@ -116,3 +123,10 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path):
     assert s2["metrics"]["n_molecules"] == 13  # the test set, evaluated once by rank 0
     assert s2["metrics"]["energy_mae_eV"] == pytest.approx(s1["metrics"]["energy_mae_eV"], rel=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]  # no run-2 folders
+
+    # --resume continues both runs alike: the 4th epoch matches too
+    for run in (one, two):
+        _run(["train", "--resume", str(run / "last.ckpt"), "--set", "train.max_epochs=4"], tmp_path)
+    m1, m2 = _metrics(one), _metrics(two)
+    assert len(m1) == len(m2) == 4
+    assert float(m2[-1]["val_loss"]) == pytest.approx(float(m1[-1]["val_loss"]), rel=1e-6)
