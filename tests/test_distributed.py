@@ -130,3 +130,22 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path):
     m1, m2 = _metrics(one), _metrics(two)
     assert len(m1) == len(m2) == 4
     assert float(m2[-1]["val_loss"]) == pytest.approx(float(m1[-1]["val_loss"]), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_launch_equals_lightnings_own(tmp_path):
+    """An outside launcher (torchrun, as on a cluster) gives the run Lightning's own launcher gives."""
+    import shutil
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    store = write_store(read_ase(XTB, index="0:60", energy_unit="eV"), tmp_path / "s.h5", progress=False)
+    own = _train(tmp_path, "own", store, devices=2, batch=4)
+    cfg = tmp_path / "own.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ATOMNET_RUN_DIR", None)
+    argv = ["torchrun", "--nproc-per-node", "2", "-m", "atomnet.cli", "train", str(cfg), "--run-dir"]
+    proc = subprocess.run([*argv, str(tmp_path / "tr")], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _metrics(own), _metrics(tmp_path / "tr")
+    assert [float(r["val_loss"]) for r in b] == pytest.approx([float(r["val_loss"]) for r in a], rel=1e-6)
