@@ -35,6 +35,16 @@ def _value(atoms: ase.Atoms, key: str, per_atom: bool):
     return atoms.info.get(key)
 
 
+def _missing_message(what: str, name: str, where: str, present: int, n: int) -> str:
+    text = f"no {what} {name!r} ({where})"
+    if present:
+        text += (
+            f"; it is in {present} of {n} frames: pass skip_incomplete=True (atomnet data convert "
+            f"--skip-incomplete) to keep only the frames that have it"
+        )
+    return text
+
+
 def read_ase(
     path: str | Path,
     index: str | int = ":",
@@ -44,19 +54,26 @@ def read_ase(
     length_unit: str = "Angstrom",
     forces_unit: str | None = None,
     format: str | None = None,
+    skip_incomplete: bool = False,
 ) -> MoleculeTable:
     """Read frames with :func:`ase.io.read` (extxyz, ASE-db ``.db`` and any format ASE knows).
 
+    A property is never dropped silently: one present in some frames and missing in others is an error naming
+    the first frame without it, unless ``skip_incomplete`` keeps only the frames that have every property read
+    (their frame numbers become the table's ``ids``; the count skipped is recorded in ``meta``).
+
     Args:
         path: file to read.
-        index: ASE frame selection (``":"`` all, ``"0:100"``, ``-1``).
-        energy_key: name of the energy (calculator result, else ``atoms.info``). ``None``: use ``"energy"`` if
-            every frame has it, else read no energy. A given key missing in a frame is an error.
+        index: ASE frame selection (``":"`` all, ``"0:100"``, ``-1``); frame numbers in messages count the
+            selected frames.
+        energy_key: name of the energy (calculator result, else ``atoms.info``). ``None``: read ``"energy"`` if
+            any frame has it (then every frame must), else no energy. A given key missing in a frame is an error.
         forces_key: name of the per-atom forces (calculator result, else ``atoms.arrays``); same rules.
         energy_unit: unit of the energies in the file (``"eV"``, ``"kcal/mol"``, ``"Hartree"``).
         length_unit: unit of positions/cells in the file.
         forces_unit: default ``f"{energy_unit}/{length_unit}"``.
         format: ASE format name, guessed from the file name if ``None``.
+        skip_incomplete: keep only the frames that have the energy and forces (when read) instead of failing.
 
     Returns:
         MoleculeTable with positions (n_atoms_total, 3) in ``length_unit``, ``energy`` (n,) and per-atom ``forces``
@@ -75,7 +92,6 @@ def read_ase(
         raise DataFormatError(path, f"no frames selected by index {index!r}")
     forces_unit = forces_unit or f"{energy_unit}/{length_unit}"
 
-    positions = []
     for i, atoms in enumerate(frames):
         if len(atoms) == 0:
             raise DataFormatError(path, "empty structure (0 atoms)", f"frame {i}")
@@ -84,49 +100,65 @@ def read_ase(
             raise DataFormatError(
                 path, "NaN/inf coordinates", f"frame {i}, atom {int(np.argmax(~np.isfinite(pos).all(1)))}"
             )
-        positions.append(pos)
+
+    energy_name, forces_name = energy_key or "energy", forces_key or "forces"
+    wanted = (
+        ("energy", energy_name, energy_key is not None, False, "calculator result or info key"),
+        ("forces", forces_name, forces_key is not None, True, "calculator result or per-atom array"),
+    )
+    values = {what: [_value(a, name, per_atom) for a in frames] for what, name, _, per_atom, _ in wanted}
+    read = [w for w in wanted if w[2] or any(v is not None for v in values[w[0]])]
+    n = len(frames)
+    keep = np.ones(n, dtype=bool)
+    for what, name, _, _, where in read:
+        has = np.array([v is not None for v in values[what]])
+        if skip_incomplete:
+            keep &= has
+        elif not has.all():
+            first = int(np.argmin(has))
+            raise DataFormatError(
+                path, _missing_message(what, name, where, int(has.sum()), n), f"frame {first}"
+            )
+    if not keep.any():
+        names = " and ".join(f"{w[0]} {w[1]!r}" for w in read)
+        raise DataFormatError(path, f"no frame has {names}: nothing left after skipping incomplete frames")
+    kept = np.flatnonzero(keep)
+    frames = [frames[i] for i in kept]
+    values = {what: [v[i] for i in kept] for what, v in values.items()}
 
     properties: dict[str, np.ndarray] = {}
     units: dict[str, str] = {}
-    energy_name = energy_key or "energy"
-    energies = [_value(a, energy_name, per_atom=False) for a in frames]
-    if energy_key is not None or all(e is not None for e in energies):
-        for i, e in enumerate(energies):
-            if e is None:
-                raise DataFormatError(
-                    path, f"no energy {energy_name!r} (calculator result or info key)", f"frame {i}"
-                )
-        arr = np.array([float(np.asarray(e).reshape(-1)[0]) for e in energies])
+    if any(w[0] == "energy" for w in read):
+        arr = np.array([float(np.asarray(e).reshape(-1)[0]) for e in values["energy"]])
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise DataFormatError(path, f"NaN/inf energy {energy_name!r}", f"frame {int(np.argmax(bad))}")
+            raise DataFormatError(
+                path, f"NaN/inf energy {energy_name!r}", f"frame {int(kept[np.argmax(bad)])}"
+            )
         properties["energy"] = arr
         units["energy"] = energy_unit
-    forces_name = forces_key or "forces"
-    forces = [_value(a, forces_name, per_atom=True) for a in frames]
-    if forces_key is not None or all(f is not None for f in forces):
-        for i, (f, a) in enumerate(zip(forces, frames, strict=True)):
-            if f is None:
-                raise DataFormatError(
-                    path, f"no forces {forces_name!r} (calculator result or per-atom array)", f"frame {i}"
-                )
+    if any(w[0] == "forces" for w in read):
+        for i, f, a in zip(kept, values["forces"], frames, strict=True):
             if np.shape(f) != (len(a), 3):
                 raise DataFormatError(
                     path, f"forces shape {np.shape(f)}, expected ({len(a)}, 3)", f"frame {i}"
                 )
             if not np.isfinite(f).all():
                 raise DataFormatError(path, f"NaN/inf forces {forces_name!r}", f"frame {i}")
-        properties["forces"] = np.concatenate([np.asarray(f, dtype=np.float64) for f in forces])
+        properties["forces"] = np.concatenate([np.asarray(f, dtype=np.float64) for f in values["forces"]])
         units["forces"] = forces_unit
 
     pbcs = np.array([a.get_pbc() for a in frames], dtype=bool)
     file_ids = [a.info.get("id") for a in frames]
     has_ids = all(isinstance(i, (int, np.integer)) for i in file_ids)
-    ids = np.array(file_ids, dtype=np.int64) if has_ids else np.arange(len(frames), dtype=np.int64)
+    ids = np.array(file_ids, dtype=np.int64) if has_ids else kept.astype(np.int64)
     periodic = bool(pbcs.any())
+    meta = {"format": f"ase:{format or path.suffix.lstrip('.') or 'auto'}"}
+    if skip_incomplete:
+        meta["skipped_incomplete_frames"] = str(n - len(kept))
     return MoleculeTable(
         numbers=np.concatenate([a.get_atomic_numbers() for a in frames]).astype(np.int64),
-        positions=np.concatenate(positions),
+        positions=np.concatenate([a.get_positions() for a in frames]),
         n_atoms=np.array([len(a) for a in frames], dtype=np.int64),
         properties=properties,
         units=units,
@@ -136,8 +168,73 @@ def read_ase(
         pbcs=pbcs if periodic else None,
         source=str(path),
         ids=ids,
-        meta={"format": f"ase:{format or path.suffix.lstrip('.') or 'auto'}"},
+        meta=meta,
     )
+
+
+#: calculator results that hold one value per atom (everything else is one value per frame)
+PER_ATOM_RESULTS = ("forces", "energies", "charges", "magmoms", "stresses", "dipoles")
+
+
+def scan_ase(path: str | Path, index: str | int = ":", format: str | None = None) -> dict:
+    """Which properties the frames of a file carry, without requiring them to be consistent.
+
+    Returns ``{"frames": n, "properties": {name: {"frames": count, "first_missing": frame or None,
+    "source": "calculator" | "info" | "arrays", "per_atom": bool}}}``; ``first_missing`` is the first
+    frame without the property. Calculator results (``energy``, ``forces``), ``atoms.info`` keys and
+    per-atom arrays other than ``numbers`` and ``positions`` are counted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "file not found")
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except Exception as e:  # ASE raises many types for malformed files
+        raise DataFormatError(path, f"cannot read with ASE ({_one_line(e)})") from None
+    if isinstance(frames, ase.Atoms):
+        frames = [frames]
+    found: dict[str, dict] = {}
+    for i, atoms in enumerate(frames):
+        names = {}
+        if atoms.calc is not None:
+            names.update(
+                {k: ("calculator", k in PER_ATOM_RESULTS) for k in getattr(atoms.calc, "results", {})}
+            )
+        names.update({k: ("info", False) for k in atoms.info if k not in names})
+        names.update({k: ("arrays", True) for k in atoms.arrays if k not in ("numbers", "positions")})
+        for name, (source, per_atom) in names.items():
+            entry = found.setdefault(
+                name, {"frames": 0, "first_missing": 0 if i else None, "source": source, "per_atom": per_atom}
+            )
+            entry["frames"] += 1
+        for name, entry in found.items():
+            if name not in names and entry["first_missing"] is None:
+                entry["first_missing"] = i
+    return {"frames": len(frames), "properties": found}
+
+
+def format_scan(scan: dict, path: str | Path) -> str:
+    """Text of :func:`scan_ase` for ``atomnet data info``: every property and how many frames have it."""
+    n = scan["frames"]
+    lines = [
+        f"{path}: {n} frames (raw file, scanned; not converted)",
+        f"{'property':<20} {'from':<11} {'per atom':<9} {'frames':>14}   first frame without it",
+    ]
+    incomplete = []
+    for name, p in sorted(scan["properties"].items()):
+        missing = "-" if p["first_missing"] is None else str(p["first_missing"])
+        count = f"{p['frames']} / {n}"
+        lines.append(
+            f"{name:<20} {p['source']:<11} {'yes' if p['per_atom'] else 'no':<9} {count:>14}   {missing}"
+        )
+        if p["frames"] < n:
+            incomplete.append(name)
+    if incomplete:
+        lines.append(
+            f"incomplete: {', '.join(incomplete)} (missing in some frames; atomnet data convert refuses energy or "
+            "forces missing in some frames unless --skip-incomplete keeps only the frames that have them)"
+        )
+    return "\n".join(lines)
 
 
 def table_to_atoms(table: MoleculeTable, internal_units: bool = True) -> list[ase.Atoms]:

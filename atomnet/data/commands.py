@@ -2,7 +2,9 @@
 
     atomnet data convert <source> out.h5 [--format qm9|qm9pack|md17|rmd17|qm7|ase] [--limit N]
                          [--exclude-uncharacterized] [--energy-unit kcal/mol] [--hof hof_qm7.txt]
-    atomnet data info out.h5
+                         [--skip-incomplete]
+    atomnet data info out.h5          (a store: every property, its unit and how many molecules have it)
+    atomnet data info frames.extxyz   (a raw file: scanned, every property and how many frames have it)
     atomnet data download <name or url> [--dest DIR]
 
 Readers are imported lazily, so ``atomnet data --help`` stays light.
@@ -39,9 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ASE input: unit of energies (default eV; forces: <unit>/Angstrom)",
     )
     p.add_argument("--hof", help="QM7: hof_qm7.txt (default: next to the tarball)")
+    p.add_argument(
+        "--skip-incomplete",
+        action="store_true",
+        help="extxyz/ASE input: keep only the frames that have the energy and forces instead of failing "
+        "when some frames lack them",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p = sub.add_parser("info", help="print counts, elements and property statistics of a store")
-    p.add_argument("store", help=".h5 store")
+    p = sub.add_parser(
+        "info",
+        help="print counts, elements and property statistics of a store, or scan a raw file's properties",
+    )
+    p.add_argument(
+        "store", help=".h5 store, or a raw data file (its properties and how many frames have them)"
+    )
+    p.add_argument("--format", choices=FORMATS, help="raw file format (default: guessed from the file name)")
     p = sub.add_parser("download", help="download a dataset (name or URL) with checksum and resume")
     p.add_argument("name", help="dataset name (see atomnet.data.download.DATASETS) or URL")
     p.add_argument("--dest", default=".", help="destination folder (default: .)")
@@ -102,8 +116,12 @@ def read_source(
     energy_unit: str | None = None,
     hof: str | None = None,
     progress: bool = True,
+    skip_incomplete: bool = False,
 ):
-    """Read ``source`` with the reader of ``fmt`` (guessed if ``None``) into a MoleculeTable (source units)."""
+    """Read ``source`` with the reader of ``fmt`` (guessed if ``None``) into a MoleculeTable (source units).
+
+    ``skip_incomplete`` (extxyz/ASE files): keep only the frames that have the energy and forces, instead of
+    the error naming the first frame without them (:func:`atomnet.data.ase_io.read_ase`)."""
     fmt = fmt or guess_format(source)
     if fmt != "qm9pack" and not Path(source).exists():
         raise FileNotFoundError(f"{source}: no such file")
@@ -134,7 +152,9 @@ def read_source(
         from atomnet.data.ase_io import read_ase
 
         index = ":" if limit is None else f":{int(limit)}"
-        table = read_ase(source, index=index, energy_unit=energy_unit or "eV")
+        table = read_ase(
+            source, index=index, energy_unit=energy_unit or "eV", skip_incomplete=skip_incomplete
+        )
     else:
         raise AtomNetError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     return _head(table, limit)
@@ -144,11 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "convert":
         return _convert(args)
     if args.data_command == "info":
-        from atomnet.data.store import Store, format_summary
-
-        with Store(args.store) as store:
-            print(format_summary(store.summary()))
-        return 0
+        return _info(args)
     if args.data_command == "download":
         from atomnet.data.download import download
 
@@ -173,10 +189,47 @@ def _convert(args: argparse.Namespace) -> int:
         energy_unit=args.energy_unit,
         hof=args.hof,
         progress=progress,
+        skip_incomplete=args.skip_incomplete,
     )
+    skipped = table.meta.get("skipped_incomplete_frames")
+    if skipped and skipped != "0":
+        print(f"skipped incomplete frames: {skipped} (without the energy or forces; --skip-incomplete)")
     source = args.source if Path(args.source).is_file() else None
     write_store(table, args.output, progress=progress, source=source)
     with Store(args.output) as store:
         print(f"wrote {args.output}")
         print(format_summary(store.summary()))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    """A store: its summary (every property with the molecules that have finite values). A raw file: ASE
+    formats are scanned frame by frame (every property and how many frames carry it, consistent or not);
+    other readers' tables list every property with the molecules that have finite values."""
+    from atomnet.data.store import Store, format_summary, molecules_with_values
+
+    path = Path(args.store)
+    if str(path).endswith((".h5", ".hdf5")):
+        with Store(path) as store:
+            print(format_summary(store.summary()))
+        return 0
+    fmt = args.format or guess_format(path)
+    if fmt != "qm9pack" and not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if fmt == "ase":
+        from atomnet.data.ase_io import format_scan, scan_ase
+
+        print(format_scan(scan_ase(path), path))
+        return 0
+    table = read_source(str(path), fmt, progress=False)
+    n = table.n_molecules
+    lines = [f"{path}: {n} molecules (raw file, {fmt} reader; not converted)"]
+    lines.append(f"{'property':<20} {'unit':<20} {'per atom':<9} {'molecules':>16}")
+    for name, values in table.properties.items():
+        per_atom = name in table.per_atom
+        count = f"{molecules_with_values(values, table.offsets, per_atom)} / {n}"
+        lines.append(
+            f"{name:<20} {table.units.get(name, '') or '-':<20} {'yes' if per_atom else 'no':<9} {count:>16}"
+        )
+    print("\n".join(lines))
     return 0

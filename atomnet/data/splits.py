@@ -2,11 +2,15 @@
 
 The neural networks and the kernel ridge baseline read the same split files, so results are comparable.
 A split file holds int64 arrays ``train``, ``val``, ``test`` (molecule indices into a store) and ``seed``.
+It is read with ``np.load(allow_pickle=False)`` after each array's header has been checked: an object array
+(pickled Python objects, which could run code) is refused without being unpickled, and a header claiming
+more elements than the file holds is refused before anything of that size is allocated.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,11 +128,52 @@ def check_split(split: Split, n: int | None = None, path: str | os.PathLike = "<
     return split
 
 
+def _check_headers(path: Path) -> None:
+    """Refuse object arrays and headers whose shape claims more data than the ``.npz`` member holds.
+
+    ``np.load`` allocates an array of the header's shape before reading a zip member, so a few bytes
+    claiming 10¹² indices would be a huge allocation; nothing is read beyond the headers here.
+    """
+    from numpy.lib import format as npy
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with z.open(info) as f:
+                    version = npy.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = npy.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = npy.read_array_header_2_0(f)
+                    else:
+                        continue  # np.load reads and checks other versions itself
+                    header = f.tell()
+                if dtype.hasobject:
+                    raise DataFormatError(
+                        path,
+                        f"array {name!r} holds pickled Python objects (dtype object), which could run code: "
+                        "refused, not unpickled",
+                    )
+                count = int(np.prod(shape, dtype=object))
+                if header + count * dtype.itemsize > info.file_size:
+                    raise DataFormatError(
+                        path,
+                        f"array {name!r} claims shape {tuple(shape)} ({count * dtype.itemsize} bytes) but the "
+                        f"file holds {info.file_size - header} bytes of it",
+                    )
+    except DataFormatError:
+        raise
+    except Exception:  # noqa: BLE001 - not a zip or a broken header: np.load names the problem
+        return
+
+
 def load_split(path: str | os.PathLike, n: int | None = None) -> Split:
     """Read a split written by :func:`save_split`; with ``n`` also check that indices are < ``n``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such split file")
+    _check_headers(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in ("train", "val", "test") if k not in data.files]
@@ -139,7 +184,8 @@ def load_split(path: str | os.PathLike, n: int | None = None) -> Split:
     except DataFormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - zip/pickle/format errors all mean: not a split file
-        raise DataFormatError(path, f"not a readable split .npz file: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataFormatError(path, f"not a readable split .npz file: {first[:300]}") from None
     for k, a in arrays.items():
         if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
             raise DataFormatError(path, f"array {k!r} must be a 1-d integer array, got {a.dtype} {a.shape}")

@@ -34,9 +34,18 @@ from atomnet.files import atomic_output
 from atomnet.units import internal_unit, unit_factor
 
 FORMAT_NAME = "atomnet-store"
+#: store layout version written by :func:`write_store`; stores of versions 1..FORMAT_VERSION are read
 FORMAT_VERSION = 1
 REQUIRED = ("numbers", "positions", "offsets")
 MAX_Z = 118
+#: top-level datasets of a store and the numpy dtype kinds each may have (anything else is refused)
+LAYOUT = {"numbers": "iu", "positions": "f", "offsets": "iu", "cells": "f", "pbcs": "b", "ids": "iu"}
+#: groups of property datasets: per molecule, per atom; their datasets may be integer, float or bool
+GROUPS = ("properties", "atom_properties")
+#: most elements an attribute may hold (atomnet writes scalars)
+MAX_ATTRIBUTE_SIZE = 4096
+#: a compressed dataset may claim at most this many times its stored bytes (deflate cannot exceed ~1032)
+MAX_COMPRESSION = 1100
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -206,8 +215,10 @@ def write_store(
 class Store:
     """Read access to an HDF5 store written by :func:`write_store` (values in internal units).
 
-    Opening checks that the file is HDF5, not truncated, an atomnet store of a supported format version
-    and has the required datasets; problems raise :class:`DataFormatError` naming the file.
+    Opening checks, before any array is read, that the file is HDF5, not truncated, an atomnet store of a
+    format version this code reads (a newer one names both versions), holds only the store's datasets with
+    their dtypes, consistent shapes and all their bytes, and no opaque attributes (:meth:`_check`); problems
+    raise a one-line :class:`DataFormatError` naming the file.
     Use as a context manager or call :meth:`close`.
     """
 
@@ -230,36 +241,154 @@ class Store:
         """(n_molecules + 1,) int64 first atom of each molecule."""
 
     def _check(self) -> None:
+        """Validate the file before any array is read (see ``docs/store_format.md``).
+
+        Attributes must be numbers or strings (no opaque bytes, which could hold a pickle); the format tag and
+        version must be known (a newer version names both); only the datasets of the layout may exist, as hard
+        links with local storage (no external, virtual or linked data); dtypes and shapes must agree with each
+        other and every dataset's bytes must really be in the file, so no later read allocates more than the
+        file holds. Raises :class:`DataFormatError` naming the file.
+        """
         f = self.file
-        if f.attrs.get("format") != FORMAT_NAME:
+        self._check_attributes(f, "file")
+        tag = f.attrs.get("format")
+        if (tag.decode(errors="replace") if isinstance(tag, bytes) else tag) != FORMAT_NAME:
             raise DataFormatError(self.path, f"not an atomnet store (attribute 'format' != {FORMAT_NAME!r})")
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
+        version = f.attrs.get("format_version")
+        version = version.item() if isinstance(version, np.generic) else version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise DataFormatError(
-                self.path, f"store format version {version} is not supported (expected {FORMAT_VERSION})"
+                self.path, f"store format version {version!r} is not supported (expected 1..{FORMAT_VERSION})"
             )
-        for name in REQUIRED:
-            if name not in f or not isinstance(f[name], h5py.Dataset):
-                raise DataFormatError(self.path, f"missing dataset {name!r}")
+        if version > FORMAT_VERSION:
+            raise DataFormatError(
+                self.path,
+                f"written by atomnet store format version {version}; this atomnet reads up to format version "
+                f"{FORMAT_VERSION}: upgrade atomnet",
+            )
         try:
-            offsets = f["offsets"][()]
-            n_total = f["numbers"].shape[0]
-            if f["positions"].shape != (n_total, 3):
-                raise DataFormatError(self.path, f"positions shape {f['positions'].shape} != ({n_total}, 3)")
-            if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != n_total or np.any(np.diff(offsets) < 0):
-                raise DataFormatError(self.path, "offsets are inconsistent with the number of atoms")
-            n_mol = len(offsets) - 1
-            for group, size in (("properties", n_mol), ("atom_properties", n_total)):
-                for name, dset in f.get(group, {}).items():
-                    if dset.shape[:1] != (size,):
-                        raise DataFormatError(
-                            self.path,
-                            f"{group}/{name} has shape {dset.shape}, expected first dimension {size}",
-                        )
-        except (OSError, KeyError, ValueError) as exc:
+            self._check_layout()
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             if isinstance(exc, DataFormatError):
                 raise
-            raise DataFormatError(self.path, f"corrupt store: {exc}") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataFormatError(self.path, f"corrupt store: {first[:300]}") from None
+
+    def _check_attributes(self, obj, where: str) -> None:
+        """Refuse attributes that are not small numbers or strings, without reading their values."""
+        for name in obj.attrs:
+            aid = obj.attrs.get_id(name)
+            dtype, size = aid.dtype, int(np.prod(aid.shape or (), dtype=object))
+            string = dtype.kind == "O" and h5py.check_string_dtype(dtype) is not None
+            if size > MAX_ATTRIBUTE_SIZE or not (string or dtype.kind in "iufbSU"):
+                raise DataFormatError(
+                    self.path,
+                    f"{where} attribute {name!r} has dtype {dtype} and {size} elements; a store's attributes are "
+                    "numbers and strings (opaque bytes could hold a pickle): refused, not read",
+                )
+
+    def _check_dataset(self, dset: h5py.Dataset, kinds: str) -> None:
+        """Refuse a dataset of another dtype kind, with external/virtual storage, or whose bytes are not all in
+        the file (unwritten chunks, a shape larger than its storage, a compression beyond deflate's)."""
+        where = dset.name.lstrip("/")
+        self._check_attributes(dset, f"dataset {where!r}")
+        if dset.dtype.kind not in kinds:
+            expected = {"iu": "integers", "f": "floats", "b": "booleans", "iufb": "numbers"}[kinds]
+            raise DataFormatError(self.path, f"dataset {where!r} has dtype {dset.dtype}, expected {expected}")
+        if dset.is_virtual or dset.external:
+            raise DataFormatError(
+                self.path, f"dataset {where!r} reads its data from other files (external or virtual): refused"
+            )
+        claimed = int(np.prod(dset.shape, dtype=object)) * dset.dtype.itemsize
+        stored = int(dset.id.get_storage_size())
+        if dset.chunks is None:
+            complete = stored == claimed
+        else:
+            n_chunks = int(
+                np.prod([-(-n // c) for n, c in zip(dset.shape, dset.chunks, strict=True)], dtype=object)
+            )
+            complete = (
+                claimed <= MAX_COMPRESSION * stored + (1 << 20) and dset.id.get_num_chunks() == n_chunks
+            )
+        if not complete:
+            raise DataFormatError(
+                self.path,
+                f"dataset {where!r} claims shape {dset.shape} ({claimed} bytes) but the file stores {stored} "
+                "bytes of it",
+            )
+
+    def _check_layout(self) -> None:
+        f = self.file
+        for name in f:
+            if not isinstance(f.get(name, getlink=True), h5py.HardLink):
+                raise DataFormatError(
+                    self.path, f"{name!r} is a link to other data, not part of a store: refused"
+                )
+            obj = f[name]
+            if name in GROUPS and isinstance(obj, h5py.Group):
+                self._check_attributes(obj, f"group {name!r}")
+                for child in obj:
+                    if not isinstance(obj.get(child, getlink=True), h5py.HardLink) or not isinstance(
+                        obj[child], h5py.Dataset
+                    ):
+                        raise DataFormatError(
+                            self.path, f"{name}/{child} is not a dataset of the store layout: refused"
+                        )
+                    self._check_dataset(obj[child], "iufb")
+            elif name in LAYOUT and isinstance(obj, h5py.Dataset):
+                self._check_dataset(obj, LAYOUT[name])
+            else:
+                raise DataFormatError(
+                    self.path,
+                    f"unexpected {type(obj).__name__.lower()} {name!r} (not part of the store layout)",
+                )
+        for name in REQUIRED:
+            if name not in f:
+                raise DataFormatError(self.path, f"missing dataset {name!r}")
+        numbers, positions, offsets = f["numbers"], f["positions"], f["offsets"]
+        if numbers.ndim != 1:
+            raise DataFormatError(self.path, f"numbers has shape {numbers.shape}, expected (n_atoms,)")
+        n_total = numbers.shape[0]
+        if positions.shape != (n_total, 3):
+            raise DataFormatError(self.path, f"positions shape {positions.shape} != ({n_total}, 3)")
+        if offsets.ndim != 1 or not 1 <= offsets.shape[0] <= n_total + 1:
+            raise DataFormatError(
+                self.path,
+                f"offsets has shape {offsets.shape}; a store of {n_total} atoms has 1..{n_total + 1} offsets",
+            )
+        offs = offsets[()]  # at most n_atoms + 1 values, all stored in the file (checked above)
+        counts = np.diff(offs)
+        if offs[0] != 0 or offs[-1] != n_total:
+            raise DataFormatError(
+                self.path,
+                f"offsets are inconsistent with the number of atoms (they run from {offs[0]} to {offs[-1]}, "
+                f"the store has {n_total} atoms)",
+            )
+        if counts.size and counts.min() < 1:
+            m = int(np.argmin(counts))
+            raise DataFormatError(
+                self.path,
+                f"offsets are inconsistent with the number of atoms: molecule {m} has {counts[m]} atoms",
+            )
+        z = numbers[()]
+        bad = np.flatnonzero((z < 1) | (z > MAX_Z))
+        if bad.size:
+            a = int(bad[0])
+            raise DataFormatError(
+                self.path,
+                f"atomic number {int(z[a])} outside 1..{MAX_Z}",
+                f"molecule {_molecule_of_atom(offs, a)}",
+            )
+        n_mol = len(offs) - 1
+        for group, size in (("properties", n_mol), ("atom_properties", n_total)):
+            for name, dset in f.get(group, {}).items():
+                if dset.shape[:1] != (size,):
+                    raise DataFormatError(
+                        self.path, f"{group}/{name} has shape {dset.shape}, expected first dimension {size}"
+                    )
+        for name, shape in (("cells", (n_mol, 3, 3)), ("pbcs", (n_mol, 3)), ("ids", (n_mol,))):
+            if name in f and f[name].shape != shape:
+                raise DataFormatError(self.path, f"{name} has shape {f[name].shape}, expected {shape}")
 
     # --- basic facts ------------------------------------------------------------------------
     def __enter__(self) -> Store:
@@ -362,7 +491,8 @@ class Store:
 
         Returns a dict with keys ``n_molecules``, ``n_atoms_total``, ``atoms_per_molecule``
         (min/mean/max), ``elements`` ({Z: atom count}), ``properties`` ({name: {unit, source_unit,
-        per_atom, shape, mean, std, min, max}}) and ``attrs`` (provenance).
+        per_atom, shape, molecules, mean, std, min, max}}; ``molecules``: how many have finite values)
+        and ``attrs`` (provenance).
         """
         n_atoms = self.n_atoms
         z, counts = np.unique(self.file["numbers"][()], return_counts=True)
@@ -374,15 +504,17 @@ class Store:
                 "source_unit": self.source_unit(name),
                 "per_atom": self.is_per_atom(name),
                 "shape": tuple(values.shape[1:]),
+                "molecules": molecules_with_values(values, self.offsets, self.is_per_atom(name)),
             }
             if values.dtype.kind in "iuf" and values.size:
                 v = values.astype(np.float64)
-                entry.update(
-                    mean=float(np.nanmean(v)),
-                    std=float(np.nanstd(v)),
-                    min=float(np.nanmin(v)),
-                    max=float(np.nanmax(v)),
-                )
+                with np.errstate(invalid="ignore"):  # inf values: nanstd is nan, no warning
+                    entry.update(
+                        mean=float(np.nanmean(v)),
+                        std=float(np.nanstd(v)),
+                        min=float(np.nanmin(v)),
+                        max=float(np.nanmax(v)),
+                    )
             props[name] = entry
         return {
             "n_molecules": self.n_molecules,
@@ -396,6 +528,19 @@ class Store:
             "properties": props,
             "attrs": self.attrs,
         }
+
+
+def molecules_with_values(values: np.ndarray, offsets: np.ndarray, per_atom: bool) -> int:
+    """How many molecules have a finite value of a property (per atom: every atom's); ``values`` has first
+    dimension n_atoms_total (``per_atom``) or n_molecules, ``offsets`` is (n_molecules + 1,)."""
+    n_mol = len(offsets) - 1
+    values = np.asarray(values)
+    if values.dtype.kind != "f" or n_mol == 0:
+        return n_mol
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if per_atom:
+        bad = np.add.reduceat(bad.astype(np.int64), offsets[:-1]) > 0 if bad.size else np.zeros(n_mol, bool)
+    return int(n_mol - np.count_nonzero(bad))
 
 
 def open_store(path: str | os.PathLike) -> Store:
@@ -416,7 +561,8 @@ def format_summary(summary: dict) -> str:
         f"source: {attrs.get('source', '')}  sha256: {attrs.get('source_sha256', '') or '-'}",
         f"converted: {attrs.get('created_utc', '')} by atomnet {attrs.get('atomnet_version', '')} "
         f"(store format {attrs.get('format_version', '')}); internal units eV, Angstrom",
-        f"{'property':<16} {'unit':<14} {'source unit':<20} {'mean':>14} {'std':>12} {'min':>14} {'max':>14}",
+        f"{'property':<16} {'unit':<14} {'source unit':<20} {'molecules':>10} {'mean':>14} {'std':>12} "
+        f"{'min':>14} {'max':>14}",
     ]
     for name, p in summary["properties"].items():
         label = name + (" (atom)" if p["per_atom"] else "")
@@ -424,5 +570,6 @@ def format_summary(summary: dict) -> str:
             stats = f"{p['mean']:>14.6g} {p['std']:>12.6g} {p['min']:>14.6g} {p['max']:>14.6g}"
         else:
             stats = ""
-        lines.append(f"{label:<16} {p['unit'] or '-':<14} {p['source_unit'] or '-':<20} {stats}")
+        count = p.get("molecules", summary["n_molecules"])
+        lines.append(f"{label:<16} {p['unit'] or '-':<14} {p['source_unit'] or '-':<20} {count:>10} {stats}")
     return "\n".join(lines)
