@@ -181,3 +181,31 @@ def test_info_of_a_raw_npz(shared_data, capsys):
     n = len(raw["E"])
     assert out.splitlines()[0].endswith(f"{n} molecules (raw file, md17 reader; not converted)")
     assert f"{n} / {n}" in next(line for line in out.splitlines() if line.startswith("energy"))
+
+
+def test_training_config_opts_in_with_data_skip_incomplete(tmp_path):
+    """``data.skip_incomplete`` reaches the conversion of a raw file inside ``atomnet train``."""
+    from atomnet.errors import AtomNetError
+    from atomnet.training.commands import train
+    from atomnet.training.config import config_from_dict
+
+    images = [a for _ in range(5) for a in frames(no_forces=(2,))]  # 30 frames, 5 without forces
+    path = write(tmp_path / "water.extxyz", images)
+
+    def cfg(skip: bool):
+        return config_from_dict(
+            {
+                "model": {"name": "schnet", "n_atom_basis": 4, "n_filters": 4, "n_interactions": 1, "n_rbf": 4},
+                "data": {"path": str(path), "split": [15, 5, 5], "batch_size": 5, "skip_incomplete": skip,
+                         "cache_dir": str(tmp_path / "cache")},
+                "train": {"max_epochs": 1, "progress_bar": False, "plots": False, "out_dir": str(tmp_path)},
+            }
+        )  # fmt: skip
+
+    with pytest.raises(AtomNetError, match="frame 2"):
+        train(cfg(False), run_dir=tmp_path / "a", quiet=True)
+    summary = train(cfg(True), run_dir=tmp_path / "b", quiet=True)
+    assert summary["metrics"]["n_molecules"] == 5
+    (cached,) = (tmp_path / "cache").rglob("*.h5")  # the refused conversion left no store behind
+    with Store(cached) as s:
+        assert s.n_molecules == 25

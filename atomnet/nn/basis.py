@@ -41,7 +41,9 @@ class GaussianRBF(nn.Module):
     ):
         super().__init__()
         centres = torch.linspace(start, stop, n_rbf)
-        spacing = float(centres[1] - centres[0]) if n_rbf > 1 else 1.0
+        # from the arguments, not the tensor: the module can then be built on the "meta" device (shape checks of
+        # untrusted model files before any allocation, atomnet.models.registry)
+        spacing = (float(stop) - float(start)) / (n_rbf - 1) if n_rbf > 1 else 1.0
         self.gamma = float(gamma) if gamma is not None else 1.0 / (2.0 * spacing**2)
         self.guard_denormals = guard_denormals
         self.register_buffer("centres", centres)

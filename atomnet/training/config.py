@@ -75,6 +75,8 @@ class DataConfig:
     targets: several properties at once (multitask), e.g. ``[U0, homo, lumo, gap]`` (names matched to the
         store's case-insensitively): the first is trained like ``energy_key`` (which it replaces; forces
         belong to it), every other one gets its own output head (``model.properties``). ``null``: one target.
+    skip_incomplete: a raw extxyz/ASE file whose frames do not all carry the energy and forces: keep the
+        frames that do (``false``: an error naming the first frame without them).
     intensive: targets with a mean readout instead of the sum over atoms (default: QM9's homo, lumo and gap
         among the targets); their standardisation uses the mean and std of the molecular values.
     """
@@ -97,6 +99,7 @@ class DataConfig:
     cache_dir: str | None = None
     targets: list[str] | None = None
     intensive: list[str] | None = None
+    skip_incomplete: bool = False
 
 
 @dataclass

@@ -48,6 +48,7 @@ def cached_store(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) 
         return src
     st = src.stat()
     key = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{cfg.format}|{cfg.energy_unit}|{cfg.limit}"
+    key += "|skip-incomplete" if cfg.skip_incomplete else ""
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     name = src.name.split(".")[0]
     out = Path(cache_dir) / f"{name}-{digest}.h5"
@@ -56,7 +57,14 @@ def cached_store(cfg: DataConfig, cache_dir: str | Path, progress: bool = True) 
         from atomnet.data.store import write_store
 
         fmt = None if cfg.format == "auto" else cfg.format
-        table = read_source(str(src), fmt, limit=cfg.limit, energy_unit=cfg.energy_unit, progress=progress)
+        table = read_source(
+            str(src),
+            fmt,
+            limit=cfg.limit,
+            energy_unit=cfg.energy_unit,
+            progress=progress,
+            skip_incomplete=cfg.skip_incomplete,
+        )
         write_store(table, out, progress=progress, source=str(src))
     return out
 

@@ -18,11 +18,11 @@ import torch
 from atomnet import keys
 from atomnet.data.batch import AtomsBatch
 from atomnet.errors import AtomNetError
+from atomnet.loading import CHECKPOINT_KEY, CHECKPOINT_VERSION
 from atomnet.potential import Potential
 from atomnet.training.config import Config
 from atomnet.training.datamodule import INDEX
 
-CHECKPOINT_KEY = "atomnet"
 CHECKPOINT_FORMAT = "atomnet-lightning"
 
 
@@ -253,6 +253,7 @@ class PotentialModule(pl.LightningModule):
         model = self.potential.model
         checkpoint[CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
             "model": model.name,
             "hparams": dict(model.hparams),
             "weights": "ema.model." if self.ema is not None else "potential.model.",
