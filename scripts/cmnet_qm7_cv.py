@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             cfg = resume_config(run / "last.ckpt", sets)
             results[k] = train(cfg, run_dir=run, resume=run / "last.ckpt", quiet=True)
         else:
-            results[k] = train(load_config(args.config, sets), run_dir=run, quiet=True)
+            results[k] = train(load_config(args.config, sets), run_dir=run, quiet=True, overwrite=True)
         print(f"fold {k}: test MAE {results[k]['metrics']['energy_mae_kcal/mol']:.2f} kcal/mol", flush=True)
     maes = np.array([r["metrics"]["energy_mae_kcal/mol"] for r in results.values()])
     record = {

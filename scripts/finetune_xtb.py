@@ -67,7 +67,7 @@ def main() -> None:
             if key in results:
                 continue
             cfg = config_from_dict(run_config(mode, split_file, out, args.minutes, args.threads, args.lr))
-            s = train(cfg, run_dir=out / key, quiet=True)
+            s = train(cfg, run_dir=out / key, quiet=True, overwrite=True)  # an unfinished run: again
             m = s["metrics"]
             results[key] = {
                 "mode": mode,

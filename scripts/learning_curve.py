@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.krr_folds, base.train.seed)  # fmt: skip
             else:
                 cfg = load_config(path, [*args.overrides, f"data.split_file={split_files[size].resolve()}"])
-                summary = train(cfg, run_dir=out / label / f"n{size}")
+                summary = train(cfg, run_dir=out / label / f"n{size}", overwrite=True)
                 run = {**summary["metrics"], "run_dir": summary["run_dir"], "epochs": summary["epochs"]}
             run["seconds"] = round(time.perf_counter() - t0, 1)
             record(label, size, run)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         cfg = config_from_dict(config(args, targets, None if name == "multitask" else split_file))
-        s = train(cfg, run_dir=args.out / name, quiet=True)
+        s = train(cfg, run_dir=args.out / name, quiet=True, overwrite=True)
         m = s["metrics"]
         maes = {targets[0]: m["energy_mae_eV"], **{t: m[f"{t}_mae_eV"] for t in targets[1:]}}
         record["runs"][name] = {"targets": targets, "test_mae_eV": maes, "epochs": s["epochs"],

@@ -12,6 +12,6 @@ mkdir -p runs
 for r in "${recipes[@]}"; do
   start=$(date +%s)
   echo "== atomnet train configs/$r.yaml --set train.progress_bar=false --run-dir runs/$r  ($(date -u +%FT%TZ))" | tee "runs/$r.log"
-  atomnet train "configs/$r.yaml" --set train.progress_bar=false --run-dir "runs/$r" >> "runs/$r.log" 2>&1
+  atomnet train "configs/$r.yaml" --set train.progress_bar=false --run-dir "runs/$r" --overwrite >> "runs/$r.log" 2>&1
   echo "== wall time $(( $(date +%s) - start )) s" | tee -a "runs/$r.log"
 done

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from atomnet.errors import ConfigError
 from atomnet.training.config import Config, apply_overrides, config_from_dict, load_config
 
 
@@ -39,15 +40,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint (last.ckpt)")
     parser.add_argument("--run-dir", help="run directory (default: train.out_dir/train.name, made unique)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="train into a --run-dir that holds another run (replaces it)"
+    )
 
 
 def _unique_dir(base: Path) -> Path:
-    if not base.exists():
-        return base
-    k = 2
-    while Path(f"{base}-{k}").exists():
-        k += 1
-    return Path(f"{base}-{k}")
+    """``base``, else ``base-2``, ``base-3`` ...: the first that did not exist, created atomically, so two
+    trainings started at the same time never share a folder."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while True:
+        path = base if k == 1 else Path(f"{base}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            k += 1
+
+
+#: files that mark a folder as holding a run
+RUN_FILES = ("config.yaml", "last.ckpt", "best.ckpt", "model.pt", "summary.json")
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a ``--run-dir`` that holds another run, unless ``overwrite``."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found and not overwrite:
+        raise ConfigError(
+            f"{run_dir} holds another run ({', '.join(found)}); choose another --run-dir, continue it with "
+            f"--resume {run_dir / 'last.ckpt'}, or pass --overwrite"
+        )
 
 
 def resume_config(ckpt: str | Path, overrides: list[str] | None = None) -> Config:
@@ -55,7 +78,14 @@ def resume_config(ckpt: str | Path, overrides: list[str] | None = None) -> Confi
     from atomnet.errors import AtomNetError
     from atomnet.loading import CHECKPOINT_KEY, read_safely
 
-    content = read_safely(ckpt)
+    if not Path(ckpt).is_file():
+        raise AtomNetError(f"{ckpt}: checkpoint not found (--resume)")
+    try:
+        content = read_safely(ckpt)
+    except AtomNetError as exc:  # e.g. cut short by a full disk or a copy; atomnet's own writes are atomic
+        raise AtomNetError(
+            f"--resume: {exc} (a truncated or corrupt checkpoint; resume from another one, e.g. best.ckpt)"
+        ) from None
     info = content.get(CHECKPOINT_KEY)
     if not isinstance(info, dict) or "config" not in info:
         raise AtomNetError(f"{ckpt}: not an atomnet training checkpoint (no stored config)")
@@ -63,7 +93,11 @@ def resume_config(ckpt: str | Path, overrides: list[str] | None = None) -> Confi
 
 
 def train(
-    cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None, quiet: bool = False
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    quiet: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Train as configured; returns a summary dict (run_dir, best/last checkpoints, model file, metrics).
 
@@ -76,6 +110,7 @@ def train(
     from atomnet.data.splits import load_split
     from atomnet.models import build_model
     from atomnet.potential import Potential
+    from atomnet.training.checkpoints import AtomicCheckpointIO, ExactResume
     from atomnet.training.datamodule import StoreDataModule, resolve_targets
     from atomnet.training.finetune import freeze, pretrained_start
     from atomnet.training.lightning_module import PotentialModule
@@ -92,8 +127,11 @@ def train(
         run_dir = Path(run_dir) if run_dir else Path(resume).resolve().parent
     elif run_dir is None and launched_world_size() > 1:  # torchrun / srun: every process must agree
         run_dir = Path(t.out_dir) / t.name
+    elif run_dir is not None:
+        run_dir = Path(run_dir)
+        check_run_dir(run_dir, overwrite)
     else:
-        run_dir = Path(run_dir) if run_dir else _unique_dir(Path(t.out_dir) / t.name)
+        run_dir = _unique_dir(Path(t.out_dir) / t.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     properties = resolve_targets(cfg, progress=not quiet)  # several targets: names from the store
     if cfg.data.targets is not None:
@@ -138,7 +176,7 @@ def train(
     )
     # Lightning's save_last only writes when the best improves; a monitor-less callback writes every epoch
     last = ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False)
-    callbacks = [checkpoint, last]
+    callbacks = [checkpoint, last, ExactResume(t.seed)]
     if t.early_stopping > 0:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=t.early_stopping, mode="min"))
     trainer = pl.Trainer(
@@ -149,6 +187,8 @@ def train(
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         use_distributed_sampler=False,  # EpochSampler shards itself: no padded duplicates in val/test
+        # batch_growth: the training loader is rebuilt every epoch with that epoch's batch size
+        reload_dataloaders_every_n_epochs=1 if cfg.optim.scheduler == "batch_growth" else 0,
         precision="64-true" if t.precision == 64 else "32-true",
         gradient_clip_val=cfg.optim.grad_clip,
         callbacks=callbacks,
@@ -160,6 +200,7 @@ def train(
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],  # a kill while writing never leaves a truncated last.ckpt
     )
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes the DDP launcher starts
     try:
@@ -174,6 +215,7 @@ def train(
         "best_checkpoint": checkpoint.best_model_path,
         "last_checkpoint": str(run_dir / "last.ckpt"),
         "epochs": trainer.current_epoch,
+        "optimizer_steps": trainer.global_step,
         "train_seconds": round(train_s, 1),
         "world_size": trainer.world_size,
         "batch_size_per_process": cfg.data.batch_size,
@@ -289,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("atomnet train needs a config file (or --resume CKPT)")
     else:
         cfg = load_config(args.config, args.overrides)
-    s = train(cfg, run_dir=args.run_dir, resume=args.resume)
+    s = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
     if "rank" in s:  # a process of a distributed run other than rank 0: rank 0 reports
         return 0
     m = s["metrics"]

@@ -110,7 +110,10 @@ class OptimConfig:
     (``data.targets``) each extra target p adds energy_weight · w_p · (σ_E/σ_p)² · MSE(p): its error in units of
     its training spread σ_p, weighted like the first target; ``target_weights`` {name: w_p} (default 1).
     scheduler: ``plateau`` (ReduceLROnPlateau on val_loss: plateau_factor, plateau_patience epochs),
-    ``cosine`` (per step, down to min_lr) or ``none``; warmup_steps: linear warm-up from 0.
+    ``cosine`` (per step, down to min_lr), ``step`` (lr divided by step_factor at each epoch in milestones),
+    ``batch_growth`` (the training batch multiplied by step_factor at each milestone instead, Smith et al. 2017;
+    beyond max_batch_size the rest of the factor divides the lr; :mod:`atomnet.training.schedules`) or
+    ``none``; warmup_steps: linear warm-up from 0.
     ema_decay: exponential moving average of the weights used for validation/export (``null``: off).
     """
 
@@ -120,6 +123,9 @@ class OptimConfig:
     scheduler: str = "plateau"
     plateau_factor: float = 0.5
     plateau_patience: int = 10
+    milestones: list[int] = field(default_factory=list)
+    step_factor: float = 5.0
+    max_batch_size: int | None = None
     min_lr: float = 1e-6
     warmup_steps: int = 0
     grad_clip: float | None = 10.0
@@ -193,7 +199,7 @@ CHOICES = {
     "data.split_mode": ("random", "sequential"),
     "data.atomrefs": ("fit", "none"),
     "optim.optimizer": ("adam", "adamw"),
-    "optim.scheduler": ("plateau", "cosine", "none"),
+    "optim.scheduler": ("plateau", "cosine", "step", "batch_growth", "none"),
     "train.precision": (32, 64),
     "train.logger": ("csv", "tensorboard"),
     "train.accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
@@ -331,6 +337,18 @@ def config_from_dict(raw: dict | None) -> Config:
     elif cfg.model.hparams.get("properties"):
         raise ConfigError(
             "model.properties: list the targets in data.targets instead (the heads follow from it)"
+        )
+    o = cfg.optim
+    if o.scheduler in ("step", "batch_growth"):
+        if not o.milestones or any(m < 1 for m in o.milestones) or sorted(set(o.milestones)) != o.milestones:
+            raise ConfigError(
+                f"optim.milestones: {o.scheduler} needs increasing epochs >= 1, e.g. [30, 60]; got {o.milestones}"
+            )
+        if not o.step_factor > 1:
+            raise ConfigError(f"optim.step_factor: expected a number > 1, got {o.step_factor}")
+    if o.max_batch_size is not None and o.max_batch_size < cfg.data.batch_size:
+        raise ConfigError(
+            f"optim.max_batch_size: {o.max_batch_size} is below data.batch_size {cfg.data.batch_size}"
         )
     for key in ("devices", "num_nodes"):
         if getattr(cfg.train, key) < 1:

@@ -342,6 +342,10 @@ class StoreDataModule(pl.LightningDataModule):
         d = self.cfg.data
         bs = d.batch_size if part == "train" else (d.val_batch_size or d.batch_size)
         trainer = getattr(self, "trainer", None)
+        if part == "train" and trainer is not None:  # batch_growth: rebuilt each epoch with its batch size
+            from atomnet.training.schedules import batch_and_lr_scale
+
+            bs = batch_and_lr_scale(self.cfg.optim, bs, trainer.current_epoch)[0]
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if world > len(ds):
             raise ConfigError(f"{part} split: {len(ds)} molecules for {world} processes (need >= 1 each)")

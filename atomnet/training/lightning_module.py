@@ -197,11 +197,12 @@ class PotentialModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.train_meter.reset()
+        # the learning rate this epoch runs with (epoch schedulers step before on_train_epoch_end)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self.train_meter.synchronize()
         self.log_dict(self.train_meter.compute("train"))
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_validation_epoch_start(self) -> None:
         self.val_meter.reset()
@@ -238,6 +239,13 @@ class PotentialModule(pl.LightningModule):
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if o.scheduler in ("step", "batch_growth"):  # per epoch; batch_growth: lr only beyond max_batch_size
+            from atomnet.training.schedules import batch_and_lr_scale
+
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda epoch: batch_and_lr_scale(o, self.cfg.data.batch_size, epoch)[1]
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         return opt
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
