@@ -36,8 +36,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ExactResume(Callback):
-    """Stores in every checkpoint whether the epoch's scheduler step is still due and the plateau schedulers'
-    monitored values, and applies that step when training resumes; seeds torch's global generator at the
+    """Stores in every checkpoint whether the epoch's plateau-scheduler step is still due and the monitored
+    values, and applies that step when training resumes; seeds torch's global generator at the
     first batch of every epoch with ``seed * 100003 + epoch``."""
 
     def __init__(self, seed: int):
@@ -60,7 +60,7 @@ class ExactResume(Callback):
         return {
             "epoch": trainer.current_epoch,
             # saved after the epoch's last batch (at validation end or train epoch end) but before the fit
-            # loop's end-of-epoch scheduler step, as ModelCheckpoint does
+            # loop's end-of-epoch plateau step, as ModelCheckpoint does
             "pending": progress.completed < progress.started and loop.epoch_loop.batch_progress.is_last_batch,
             "monitored": monitored,
         }
@@ -76,13 +76,11 @@ class ExactResume(Callback):
         if state is None:
             return  # a fresh run
         if state["pending"]:
-            # the fit loop's end-of-epoch step, which Lightning skips on every resume from such a checkpoint
+            # the fit loop's end-of-epoch plateau step, which Lightning skips on every resume from such a
+            # checkpoint (other epoch schedulers step at the epoch's last batch, before the checkpoint)
             for config in trainer.lr_scheduler_configs:
-                if config.interval != "epoch" or (state["epoch"] + 1) % config.frequency:
-                    continue
-                if not config.reduce_on_plateau:
-                    config.scheduler.step()
-                elif config.monitor in state["monitored"]:
+                due = config.interval == "epoch" and (state["epoch"] + 1) % config.frequency == 0
+                if due and config.reduce_on_plateau and config.monitor in state["monitored"]:
                     config.scheduler.step(state["monitored"][config.monitor])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
