@@ -466,20 +466,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from ase.io import read
 
     from atomnet.calculator import AtomNetCalculator
+    from atomnet.data.ase_io import read_structure
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    structure = Path(args.structure)
-    if not structure.is_file():
-        raise FileNotFoundError(f"{structure}: structure file not found")
-    try:
-        atoms = read(structure, index=0)
-    except Exception as exc:
-        raise AtomNetError(f"{structure}: cannot read structure ({str(exc).strip()[:200]})") from None
-    atoms.calc = None
+    atoms = read_structure(args.structure)
     kwargs = {
         "skin": args.skin,
         "compile": args.compile,

@@ -110,23 +110,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def read_structure(path: str | Path):
-    """The first frame of a structure file, without its calculator; one-line errors for bad files."""
-    from ase.io import read
-
-    from atomnet.errors import AtomNetError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: structure file not found")
-    try:
-        atoms = read(path, index=0)
-    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds for bad files
-        raise AtomNetError(f"{path}: cannot read structure ({str(exc).strip()[:200]})") from None
-    atoms.calc = None
-    return atoms
-
-
 def calculator_for(args: argparse.Namespace):
     """The ASE calculator of a relax/vibrate command line (model, dtype, device, energy unit)."""
     import torch
@@ -144,6 +127,7 @@ def calculator_for(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ase.io import write
 
+    from atomnet.data.ase_io import read_structure
     from atomnet.files import atomic_output
 
     atoms = read_structure(args.structure)

@@ -177,25 +177,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     if (args.unix is None) == (args.inet is None):
         raise AtomNetError("give exactly one of --unix NAME or --inet HOST:PORT")
     host, port = parse_inet(args.inet) if args.inet is not None else (None, None)
-    structure = Path(args.structure)
-    if not structure.is_file():
-        raise FileNotFoundError(f"{structure}: structure file not found")
-
     import torch
-    from ase.io import read
 
     from atomnet.calculator import AtomNetCalculator
+    from atomnet.data.ase_io import read_structure
 
-    try:
-        atoms = read(structure, index=0)
-    except Exception as exc:
-        raise AtomNetError(f"{structure}: cannot read structure ({str(exc).strip()[:200]})") from None
-    atoms.calc = None
+    atoms = read_structure(args.structure)
     if args.threads:
         torch.set_num_threads(args.threads)
     kwargs = {"skin": args.skin}

@@ -85,9 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ase.io import write
 
+    from atomnet.data.ase_io import read_structure
     from atomnet.errors import AtomNetError
     from atomnet.files import atomic_output
-    from atomnet.relax import calculator_for, read_structure
+    from atomnet.relax import calculator_for
 
     if args.rows_per_pass < 1:
         raise AtomNetError(f"--rows-per-pass must be >= 1, got {args.rows_per_pass}")

@@ -241,10 +241,13 @@ def convert_experiment(
     seed: int = 0,
     rerun_each: bool = False,
     limit: int | None = None,
+    random_before_write: bool = False,
 ) -> dict:
     """The reference conversion alone (its timeline sets the kill times), then ``n_write`` kills in the
     write window (0-90 % of the reference's write time after the temporary file appears) and ``n_random``
-    at uniform random times over 0-95 % of the reference's duration, in random order; a rerun after each
+    at uniform random times over 0-95 % of the reference's duration (``random_before_write``: over 0-70 % of
+    the time before its temporary file appeared, so a run up to 30 % faster than the reference is still
+    killed before it ends), in random order; a rerun after each
     kill (``rerun_each``; then every other kill starts without a store, the others replace the rerun's) or
     once at the end."""
     rng = np.random.default_rng(seed)
@@ -252,7 +255,8 @@ def convert_experiment(
     reference = convert_reference(workdir, XTB, limit)
     window = reference["done_at"] - reference["tmp_at"]
     plan = [("write", float(rng.uniform(0, 0.9 * window))) for _ in range(n_write)]
-    plan += [("random", float(rng.uniform(0, 0.95 * reference["end"]))) for _ in range(n_random)]
+    span = 0.7 * reference["tmp_at"] if random_before_write else 0.95 * reference["end"]
+    plan += [("random", float(rng.uniform(0, span))) for _ in range(n_random)]
     order = rng.permutation(len(plan))
     kills, reruns = [], []
     for i in order:

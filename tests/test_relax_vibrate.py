@@ -119,7 +119,12 @@ def test_relax_bad_input_is_one_line(tmp_path, capsys):
         (["vibrate", MODEL, str(tmp_path / "eth.xyz"), "--rows-per-pass", "0"], "--rows-per-pass"),
     ]
     (tmp_path / "bad.xyz").write_text("3\n\nC 0 0\n")
-    cases.append((["relax", MODEL, str(tmp_path / "bad.xyz")], "cannot read structure"))
+    # every command that takes one structure reads it through data.ase_io.read_structure
+    bad, missing = str(tmp_path / "bad.xyz"), str(tmp_path / "missing.xyz")
+    for argv in (["relax", MODEL], ["vibrate", MODEL], ["md", MODEL], ["serve", MODEL]):
+        extra = ["--unix", "atomnet-test-never"] if argv[0] == "serve" else ["--out", str(tmp_path / "o")]
+        cases.append(([*argv, bad, *extra], "cannot read structure"))
+        cases.append(([*argv, missing, *extra], "structure file not found"))
     for argv, message in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err

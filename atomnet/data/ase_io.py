@@ -8,6 +8,7 @@ kcal/mol/Å): state the units with ``energy_unit=``; they are recorded in the ta
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import ase
@@ -24,6 +25,87 @@ from atomnet.units import internal_unit, length_factor, unit_factor
 def _one_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+_PROPERTIES = re.compile(rb"""Properties=["']?([^\s"']+)""")
+
+
+def _check_xyz_counts(path: Path) -> None:
+    """Refuse an (ext)xyz frame whose atom count runs past the end of the file, or whose ``Properties`` declare
+    more columns than its atom lines have, before ASE reads it: ASE counts both out one by one, so a header of
+    10^18 atoms or a ``pos:R:10^18`` would keep it busy for ever."""
+    lines = path.read_bytes().split(b"\n")
+    i = frame = 0
+    while i < len(lines) and lines[i].strip():
+        try:
+            n = int(lines[i])
+        except ValueError:
+            return  # not a count: ASE names the problem
+        if n < 0 or i + n + 2 > len(lines):
+            raise DataFormatError(
+                path,
+                f"the frame header says {n} atoms but the file has {max(len(lines) - i - 2, 0)} lines after it",
+                f"frame {frame}, line {i + 1}",
+            )
+        spec = _PROPERTIES.search(lines[i + 1]) if n else None
+        try:
+            columns = sum(int(c) for c in spec.group(1).split(b":")[2::3]) if spec else 0
+        except ValueError:
+            columns = 0  # not a count: ASE names the problem
+        if columns and columns > len(lines[i + 2].split()):
+            raise DataFormatError(
+                path,
+                f"Properties declare {columns} columns but the atom lines have {len(lines[i + 2].split())}",
+                f"frame {frame}, line {i + 2}",
+            )
+        i += n + 2
+        while i < len(lines) and lines[i].lstrip().startswith(b"VEC"):  # lattice vectors of plain xyz
+            i += 1
+        frame += 1
+
+
+def _read_frames(path: Path, index, format: str | None):
+    """``ase.io.read(path, index)``; any failure is a :class:`DataFormatError` naming the first frame ASE cannot
+    read (when ``index`` selects frames from the first one: ``":"`` or ``":N"``)."""
+    if (format or path.suffix.lstrip(".").lower()) in ("xyz", "extxyz"):
+        _check_xyz_counts(path)
+    try:
+        return ase.io.read(path, index=index, format=format)
+    except Exception as e:  # ASE raises many types for malformed files
+        problem = f"cannot read with ASE ({_one_line(e)})"
+    where = None
+    if index == ":" or (isinstance(index, str) and re.fullmatch(r":\d+", index)):
+        k = 0
+        try:  # again frame by frame, to name the first one that fails
+            for _ in ase.io.iread(path, index=":", format=format):
+                k += 1
+        except Exception:  # noqa: BLE001 - the same failure as above
+            where = f"frame {k}"
+    raise DataFormatError(path, problem, where)
+
+
+def _frame_list(path: Path, index, format) -> list[ase.Atoms]:
+    """The selected frames of ``path`` as a list (one-line errors for a missing or unreadable file)."""
+    if not path.is_file():
+        raise DataFormatError(path, "file not found")
+    frames = _read_frames(path, index, format)
+    return [frames] if isinstance(frames, ase.Atoms) else list(frames)
+
+
+def read_structure(path: str | Path) -> ase.Atoms:
+    """The first frame of a structure file, without its calculator, for commands that take one structure
+    (relax, vibrate, md, serve); one-line errors for a missing or unreadable file."""
+    from atomnet.errors import AtomNetError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: structure file not found")
+    try:
+        atoms = ase.io.read(path, index=0)
+    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds for bad files
+        raise AtomNetError(f"{path}: cannot read structure ({str(exc).strip()[:200]})") from None
+    atoms.calc = None
+    return atoms
 
 
 def _value(atoms: ase.Atoms, key: str, per_atom: bool):
@@ -80,14 +162,7 @@ def read_ase(
         (n_atoms_total, 3) when present, units as stated, cells (n, 3, 3)/pbcs (n, 3) if any frame is periodic.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "file not found")
-    try:
-        frames = ase.io.read(path, index=index, format=format)
-    except Exception as e:  # ASE raises many types for malformed files
-        raise DataFormatError(path, f"cannot read with ASE ({_one_line(e)})") from None
-    if isinstance(frames, ase.Atoms):
-        frames = [frames]
+    frames = _frame_list(path, index, format)
     if not frames:
         raise DataFormatError(path, f"no frames selected by index {index!r}")
     forces_unit = forces_unit or f"{energy_unit}/{length_unit}"
@@ -100,6 +175,8 @@ def read_ase(
             raise DataFormatError(
                 path, "NaN/inf coordinates", f"frame {i}, atom {int(np.argmax(~np.isfinite(pos).all(1)))}"
             )
+        if not np.isfinite(atoms.get_cell().array).all():
+            raise DataFormatError(path, "NaN/inf in the cell (Lattice)", f"frame {i}")
 
     energy_name, forces_name = energy_key or "energy", forces_key or "forces"
     wanted = (
@@ -129,6 +206,11 @@ def read_ase(
     properties: dict[str, np.ndarray] = {}
     units: dict[str, str] = {}
     if any(w[0] == "energy" for w in read):
+        for i, e in zip(kept, values["energy"], strict=True):
+            if np.size(e) != 1 or np.asarray(e).dtype.kind not in "iuf":
+                e = np.asarray(e)
+                problem = f"energy {energy_name!r} is not one number ({e.size} values of dtype {e.dtype})"
+                raise DataFormatError(path, problem, f"frame {i}")
         arr = np.array([float(np.asarray(e).reshape(-1)[0]) for e in values["energy"]])
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -142,6 +224,10 @@ def read_ase(
             if np.shape(f) != (len(a), 3):
                 raise DataFormatError(
                     path, f"forces shape {np.shape(f)}, expected ({len(a)}, 3)", f"frame {i}"
+                )
+            if np.asarray(f).dtype.kind not in "iuf":
+                raise DataFormatError(
+                    path, f"forces of dtype {np.asarray(f).dtype}, expected numbers", f"frame {i}"
                 )
             if not np.isfinite(f).all():
                 raise DataFormatError(path, f"NaN/inf forces {forces_name!r}", f"frame {i}")
@@ -185,14 +271,7 @@ def scan_ase(path: str | Path, index: str | int = ":", format: str | None = None
     per-atom arrays other than ``numbers`` and ``positions`` are counted.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "file not found")
-    try:
-        frames = ase.io.read(path, index=index, format=format)
-    except Exception as e:  # ASE raises many types for malformed files
-        raise DataFormatError(path, f"cannot read with ASE ({_one_line(e)})") from None
-    if isinstance(frames, ase.Atoms):
-        frames = [frames]
+    frames = _frame_list(path, index, format)
     found: dict[str, dict] = {}
     for i, atoms in enumerate(frames):
         names = {}

@@ -15,11 +15,11 @@ Both readers return a :class:`~atomnet.data.table.MoleculeTable` in source units
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from atomnet.data.splits import check_npz_headers
 from atomnet.data.table import MoleculeTable
 from atomnet.errors import DataFormatError
 
@@ -32,23 +32,26 @@ RMD17_KEYS = ("nuclear_charges", "coords", "energies", "forces")
 def _load_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataFormatError(path, "file not found")
-    try:
-        npz = np.load(path, allow_pickle=False)
-        if not hasattr(npz, "files"):
-            raise DataFormatError(path, "not an .npz archive (a single .npy array)")
-        data = {}
-        with npz:
-            for k in npz.files:
-                try:
-                    data[k] = npz[k]
-                except ValueError:  # pickled object array: skip unless required (never trusted)
-                    if k in required:
-                        raise
+    # a header claiming 10^12 frames is refused before np.load allocates; object arrays are skipped below
+    check_npz_headers(path, objects=False)
+    try:  # the file is opened here, so np.load cannot leave it open when the zip is corrupt
+        with open(path, "rb") as fh:
+            npz = np.load(fh, allow_pickle=False)
+            if not hasattr(npz, "files"):
+                raise DataFormatError(path, "not an .npz archive (a single .npy array)")
+            data = {}
+            with npz:
+                for k in npz.files:
+                    try:
+                        data[k] = npz[k]
+                    except ValueError as e:  # pickled object array: skip unless required (never trusted)
+                        if k in required or "allow_pickle" not in str(e):
+                            raise
     except DataFormatError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib and numpy raise many types for corrupt archives
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataFormatError(path, f"not a readable .npz archive ({reason})") from None
+        raise DataFormatError(path, f"not a readable .npz archive ({reason[:300]})") from None
     missing = [k for k in required if k not in data]
     if missing:
         raise DataFormatError(path, f"missing keys {missing}; found {sorted(data)}")
@@ -59,17 +62,27 @@ def _frames(path: Path, z, r, e, f, names: tuple[str, str, str, str]) -> tuple[n
     """Validate shapes/values of (z, R, E, F) and return them as (natoms,), (n, natoms, 3), (n,), (n, natoms, 3)."""
     kz, kr, ke, kf = names
     z = np.asarray(z)
+    for key, arr in ((kr, r), (ke, e), (kf, f)):
+        if np.asarray(arr).dtype.kind not in "iuf":
+            raise DataFormatError(path, f"{key} has dtype {np.asarray(arr).dtype}, expected real numbers")
     r = np.asarray(r, dtype=np.float64)
     e = np.asarray(e, dtype=np.float64)
     f = np.asarray(f, dtype=np.float64)
     if z.ndim != 1 or z.size == 0:
         raise DataFormatError(path, f"{kz} must have shape (natoms,), got {z.shape}")
+    whole = z.dtype.kind == "f" and bool(np.all(np.isfinite(z) & (z == np.round(z))))
+    if z.dtype.kind not in "iu" and not whole:
+        raise DataFormatError(
+            path, f"{kz} must hold integer atomic numbers, got dtype {z.dtype}: {z[:10].tolist()}"
+        )
     natoms = len(z)
     if r.ndim != 3 or r.shape[1:] != (natoms, 3):
         raise DataFormatError(
             path, f"{kr} must have shape (n, {natoms}, 3) for natoms = len({kz}), got {r.shape}"
         )
     n = r.shape[0]
+    if n == 0:
+        raise DataFormatError(path, f"{kr} holds no frames (shape {r.shape})")
     if e.shape not in ((n,), (n, 1)):
         raise DataFormatError(
             path, f"{ke} must have shape ({n},) or ({n}, 1) to match {kr} {r.shape}, got {e.shape}"
@@ -78,7 +91,9 @@ def _frames(path: Path, z, r, e, f, names: tuple[str, str, str, str]) -> tuple[n
     if f.shape != r.shape:
         raise DataFormatError(path, f"{kf} must have the shape of {kr} {r.shape}, got {f.shape}")
     if np.any((z < 1) | (z > 118)):
-        raise DataFormatError(path, f"{kz} holds invalid atomic numbers {np.unique(z[(z < 1) | (z > 118)])}")
+        raise DataFormatError(
+            path, f"{kz} holds invalid atomic numbers {np.unique(z[(z < 1) | (z > 118)])[:10].tolist()}"
+        )
     for key, arr in ((kr, r), (ke, e), (kf, f)):
         bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
         if bad.any():
@@ -104,7 +119,7 @@ def _table(path, z, r, e, f, meta) -> MoleculeTable:
 
 def _text(value: np.ndarray) -> str:
     v = value.item() if value.ndim == 0 else value
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def read_md17_npz(path: str | Path) -> MoleculeTable:
@@ -141,8 +156,10 @@ def read_rmd17_npz(path: str | Path, include_old: bool = True) -> MoleculeTable:
     n = len(e)
     if include_old and "old_indices" in d:
         old = np.asarray(d["old_indices"])
-        if old.shape != (n,):
-            raise DataFormatError(path, f"old_indices must have shape ({n},), got {old.shape}")
+        if old.shape != (n,) or old.dtype.kind not in "iu":
+            raise DataFormatError(
+                path, f"old_indices must be ({n},) integers, got dtype {old.dtype} shape {old.shape}"
+            )
         table.properties["old_indices"] = old.astype(np.int64)
         table.units["old_indices"] = "1"
     if include_old and "old_energies" in d and "old_forces" in d:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +22,37 @@ from atomnet.errors import DataFormatError
 ENERGY_UNIT = "kcal/mol"
 
 
+def _one_line(exc: Exception) -> str:
+    """The message of ``exc`` on one line (tarfile lists every compression it tried on its own line)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def read_hof(path: str | Path) -> dict[str, float]:
     """Read ``hof_qm7.txt`` -> {file name: atomization energy (kcal/mol), column 2}."""
     path = Path(path)
+    data = path.read_bytes()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(path, f"not UTF-8 text ({exc.reason})", f"line {line}") from None
     energies: dict[str, float] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            where = f"line {lineno}"
-            if len(tokens) < 2:
-                raise DataFormatError(path, f"expected 'file E1 E2', got {line.strip()!r}", where)
-            try:
-                value = float(tokens[1])
-            except ValueError:
-                raise DataFormatError(path, f"energy {tokens[1]!r} is not a number", where) from None
-            if not math.isfinite(value):
-                raise DataFormatError(path, f"energy {tokens[1]!r} is not finite", where)
-            if tokens[0] in energies:
-                raise DataFormatError(path, f"duplicate entry for {tokens[0]}", where)
-            energies[tokens[0]] = value
+    for lineno, line in enumerate(lines, start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        where = f"line {lineno}"
+        if len(tokens) < 2:
+            raise DataFormatError(path, f"expected 'file E1 E2', got {line.strip()!r}", where)
+        try:
+            value = float(tokens[1])
+        except ValueError:
+            raise DataFormatError(path, f"energy {tokens[1]!r} is not a number", where) from None
+        if not math.isfinite(value):
+            raise DataFormatError(path, f"energy {tokens[1]!r} is not finite", where)
+        if tokens[0] in energies:
+            raise DataFormatError(path, f"duplicate entry for {tokens[0]}", where)
+        energies[tokens[0]] = value
     return energies
 
 
@@ -108,15 +119,15 @@ def read_qm7(
     numbers, positions, n_atoms, energy, ids = [], [], [], [], []
     try:
         tar = tarfile.open(tar_path, "r:*")
-    except tarfile.TarError as exc:
-        raise DataFormatError(tar_path, f"not a readable tar archive ({exc})") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DataFormatError(tar_path, f"not a readable tar archive ({_one_line(exc)})") from None
     with tar:
         try:
             members = sorted(
                 (m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xyz")), key=lambda m: m.name
             )
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DataFormatError(tar_path, f"truncated or corrupt archive ({exc})") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise DataFormatError(tar_path, f"truncated or corrupt archive ({_one_line(exc)})") from None
         if not members:
             raise DataFormatError(tar_path, "archive contains no .xyz files")
         if limit is not None:
@@ -126,8 +137,8 @@ def read_qm7(
             fh = tar.extractfile(member)
             try:
                 text = fh.read().decode("utf-8")
-            except (UnicodeDecodeError, OSError, EOFError, tarfile.TarError) as exc:
-                raise DataFormatError(where, f"cannot read member ({exc})") from None
+            except (UnicodeDecodeError, OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+                raise DataFormatError(where, f"cannot read member ({_one_line(exc)})") from None
             z, r = parse_xyz(text, where)
             name = Path(member.name).name
             if name not in energies:

@@ -20,6 +20,7 @@ import csv
 import importlib.util
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def parse_qm9_xyz(text: str, path: str | Path, member: str = "") -> dict:
         props = np.array([_float(t) for t in head[2:]])
     except ValueError:
         fail(f"non-numeric field in property line {lines[1].strip()[:60]!r}", 2)
+    if not 1 <= gdb_id < 2**63:
+        fail(f"gdb index {head[1][:30]} is not a positive 64-bit integer", 2)
     if not np.all(np.isfinite(props)):
         fail("NaN/inf in the property line", 2)
     numbers = np.empty(n, dtype=np.int64)
@@ -247,10 +250,14 @@ def _iter_tarball(path: Path) -> Iterator[tuple[str, str]]:
                     raise DataFormatError(path, "not UTF-8 text", member.name) from None
     except DataFormatError:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
+        # one line: tarfile lists every compression it tried on its own line
+        reason = " ".join(str(e).split())
         if not seen_xyz:
-            raise DataFormatError(path, f"not a readable tar archive ({type(e).__name__}: {e})") from None
-        raise DataFormatError(path, f"truncated or corrupt archive after member {last} ({e})") from None
+            raise DataFormatError(
+                path, f"not a readable tar archive ({type(e).__name__}: {reason})"
+            ) from None
+        raise DataFormatError(path, f"truncated or corrupt archive after member {last} ({reason})") from None
     if not seen_xyz:
         raise DataFormatError(path, "not a QM9 tarball: no dsgdb9nsd_XXXXXX.xyz members")
 

@@ -128,11 +128,14 @@ def check_split(split: Split, n: int | None = None, path: str | os.PathLike = "<
     return split
 
 
-def _check_headers(path: Path) -> None:
-    """Refuse object arrays and headers whose shape claims more data than the ``.npz`` member holds.
+def check_npz_headers(path: Path, objects: bool = True) -> None:
+    """Refuse headers whose shape claims more data than the ``.npz`` member holds, and (``objects``) object
+    arrays.
 
     ``np.load`` allocates an array of the header's shape before reading a zip member, so a few bytes
-    claiming 10¹² indices would be a huge allocation; nothing is read beyond the headers here.
+    claiming 10¹² indices would be a huge allocation; nothing is read beyond the headers here. Readers that
+    skip object arrays themselves (``np.load(allow_pickle=False)`` refuses to unpickle them) pass
+    ``objects=False``.
     """
     from numpy.lib import format as npy
 
@@ -149,7 +152,7 @@ def _check_headers(path: Path) -> None:
                     else:
                         continue  # np.load reads and checks other versions itself
                     header = f.tell()
-                if dtype.hasobject:
+                if dtype.hasobject and objects:
                     raise DataFormatError(
                         path,
                         f"array {name!r} holds pickled Python objects (dtype object), which could run code: "
@@ -173,9 +176,9 @@ def load_split(path: str | os.PathLike, n: int | None = None) -> Split:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such split file")
-    _check_headers(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
+    check_npz_headers(path)
+    try:  # the file is opened here, so np.load cannot leave it open when the zip is corrupt
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             missing = [k for k in ("train", "val", "test") if k not in data.files]
             if missing:
                 raise DataFormatError(path, f"split file lacks arrays {missing} (has {data.files})")

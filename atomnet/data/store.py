@@ -21,6 +21,7 @@ the reader's ``meta`` (prefixed ``meta.``). h5py is used only in this module and
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,6 +97,7 @@ def validate_table(table: MoleculeTable) -> None:
         raise DataFormatError(
             src, f"non-finite position {positions[a].tolist()}", f"molecule {_molecule_of_atom(offsets, a)}"
         )
+    _check_fits(src, "position", positions, table.length_unit or "Angstrom", offsets, True)
     n_mol = len(n_atoms)
     for name, values in table.properties.items():
         expected = total if name in table.per_atom else n_mol
@@ -105,11 +107,43 @@ def validate_table(table: MoleculeTable) -> None:
                 src,
                 f"{what} property {name!r} has shape {np.shape(values)}, expected first dimension {expected}",
             )
+        _check_fits(
+            src, f"{name!r} value", values, table.units.get(name, ""), offsets, name in table.per_atom
+        )
     for name, arr, shape in (("cells", table.cells, (n_mol, 3, 3)), ("pbcs", table.pbcs, (n_mol, 3))):
         if arr is not None and np.shape(arr) != shape:
             raise DataFormatError(src, f"{name} has shape {np.shape(arr)}, expected {shape}")
+    if table.cells is not None:
+        bad = np.flatnonzero(
+            ~np.isfinite(np.asarray(table.cells, dtype=np.float64)).reshape(n_mol, -1).all(axis=1)
+        )
+        if bad.size:
+            raise DataFormatError(src, "non-finite cell", f"molecule {int(bad[0])}")
+        _check_fits(src, "cell vector", table.cells, table.length_unit or "Angstrom", offsets, False)
     if table.ids is not None and np.shape(table.ids) != (n_mol,):
         raise DataFormatError(src, f"ids has shape {np.shape(table.ids)}, expected ({n_mol},)")
+
+
+def _check_fits(src, what: str, values, source_unit: str, offsets: np.ndarray, per_atom: bool) -> None:
+    """Refuse finite float ``values`` that would become inf in the store (beyond float32, or float64 for eV,
+    after the unit conversion of :func:`_convert`), naming the molecule."""
+    v = np.asarray(values)
+    if v.dtype.kind != "f" or v.size == 0:
+        return
+    biggest = np.max(np.abs(v), initial=0.0, where=np.isfinite(v))
+    with np.errstate(over="ignore"):
+        if np.isfinite(_convert(np.array([biggest]), source_unit)[0]).all():
+            return
+        converted, unit = _convert(v, source_unit)
+    bad = (np.isfinite(v) & ~np.isfinite(converted)).reshape(len(v), -1)
+    row = int(np.flatnonzero(bad.any(axis=1))[0])
+    value = float(v.reshape(len(v), -1)[row][bad[row]][0])
+    molecule = _molecule_of_atom(offsets, row) if per_atom else row
+    raise DataFormatError(
+        src,
+        f"{what} {value:g} {source_unit} is too large for the store ({converted.dtype} {unit})",
+        f"molecule {molecule}",
+    )
 
 
 def _convert(values: np.ndarray, source_unit: str) -> tuple[np.ndarray, str]:
@@ -226,6 +260,7 @@ class Store:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such store")
+        _check_global_heaps(self.path)
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -249,6 +284,17 @@ class Store:
         other and every dataset's bytes must really be in the file, so no later read allocates more than the
         file holds. Raises :class:`DataFormatError` naming the file.
         """
+        try:  # h5py raises OSError, KeyError, ... where the file's structures are corrupt
+            self._check_version()
+            self._check_layout()
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            if isinstance(exc, DataFormatError):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataFormatError(self.path, f"corrupt store: {first[:300]}") from None
+
+    def _check_version(self) -> None:
+        """Attributes of the file, its format tag and version."""
         f = self.file
         self._check_attributes(f, "file")
         tag = f.attrs.get("format")
@@ -266,16 +312,10 @@ class Store:
                 f"written by atomnet store format version {version}; this atomnet reads up to format version "
                 f"{FORMAT_VERSION}: upgrade atomnet",
             )
-        try:
-            self._check_layout()
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-            if isinstance(exc, DataFormatError):
-                raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataFormatError(self.path, f"corrupt store: {first[:300]}") from None
 
     def _check_attributes(self, obj, where: str) -> None:
-        """Refuse attributes that are not small numbers or strings, without reading their values."""
+        """Refuse attributes that are not small numbers or strings before reading their values; then read them
+        (at most 4,096 elements each), so a corrupt one fails here and not in a later read."""
         for name in obj.attrs:
             aid = obj.attrs.get_id(name)
             dtype, size = aid.dtype, int(np.prod(aid.shape or (), dtype=object))
@@ -286,6 +326,7 @@ class Store:
                     f"{where} attribute {name!r} has dtype {dtype} and {size} elements; a store's attributes are "
                     "numbers and strings (opaque bytes could hold a pickle): refused, not read",
                 )
+            obj.attrs[name]
 
     def _check_dataset(self, dset: h5py.Dataset, kinds: str) -> None:
         """Refuse a dataset of another dtype kind, with external/virtual storage, or whose bytes are not all in
@@ -379,6 +420,17 @@ class Store:
                 f"atomic number {int(z[a])} outside 1..{MAX_Z}",
                 f"molecule {_molecule_of_atom(offs, a)}",
             )
+        block = 1 << 20  # positions are read in blocks of 1M atoms (12 MiB of float32)
+        for start in range(0, n_total, block):
+            bad = np.flatnonzero(~np.isfinite(positions[start : start + block]).all(axis=1))
+            if bad.size:
+                a = start + int(bad[0])
+                m = _molecule_of_atom(offs, a)
+                raise DataFormatError(
+                    self.path,
+                    f"non-finite position {positions[a].tolist()}",
+                    f"molecule {m}, atom {a - offs[m]}",
+                )
         n_mol = len(offs) - 1
         for group, size in (("properties", n_mol), ("atom_properties", n_total)):
             for name, dset in f.get(group, {}).items():
@@ -389,6 +441,10 @@ class Store:
         for name, shape in (("cells", (n_mol, 3, 3)), ("pbcs", (n_mol, 3)), ("ids", (n_mol,))):
             if name in f and f[name].shape != shape:
                 raise DataFormatError(self.path, f"{name} has shape {f[name].shape}, expected {shape}")
+        if "cells" in f:  # (n_molecules, 3, 3): small next to the positions
+            bad = np.flatnonzero(~np.isfinite(f["cells"][()]).reshape(n_mol, -1).all(axis=1))
+            if bad.size:
+                raise DataFormatError(self.path, "non-finite cell", f"molecule {int(bad[0])}")
 
     # --- basic facts ------------------------------------------------------------------------
     def __enter__(self) -> Store:
@@ -419,12 +475,12 @@ class Store:
     @property
     def numbers(self) -> np.ndarray:
         """(n_atoms_total,) int64 atomic numbers."""
-        return self.file["numbers"][()].astype(np.int64)
+        return self._read("numbers").astype(np.int64)
 
     @property
     def positions(self) -> np.ndarray:
         """(n_atoms_total, 3) float32 Å."""
-        return self.file["positions"][()]
+        return self._read("positions")
 
     @property
     def property_names(self) -> list[str]:
@@ -438,8 +494,9 @@ class Store:
 
     @property
     def attrs(self) -> dict[str, str]:
-        """File attributes (provenance) as plain Python values."""
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self.file.attrs.items()}
+        """File attributes (provenance) as plain Python values (strings as text, see :func:`_text`)."""
+        values = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in self.file.attrs.items()}
+        return {k: (_text(v) if isinstance(v, (str, bytes)) else v) for k, v in values.items()}
 
     def dataset_path(self, name: str) -> str:
         """HDF5 path of a property: ``properties/<name>`` or ``atom_properties/<name>``."""
@@ -454,16 +511,16 @@ class Store:
 
     def property(self, name: str) -> np.ndarray:
         """All values of property ``name`` in internal units (first dimension n_molecules or n_atoms_total)."""
-        return self.file[self.dataset_path(name)][()]
+        return self._read(self.dataset_path(name))
 
     def unit(self, name: str) -> str:
         """Internal unit of a property (or ``positions``)."""
         key = name if name in self.file else self.dataset_path(name)
-        return str(self.file[key].attrs.get("unit", ""))
+        return _text(self.file[key].attrs.get("unit", ""))
 
     def source_unit(self, name: str) -> str:
         key = name if name in self.file else self.dataset_path(name)
-        return str(self.file[key].attrs.get("source_unit", ""))
+        return _text(self.file[key].attrs.get("source_unit", ""))
 
     def array_spec(self, h5_path: str) -> tuple[int | None, np.dtype, tuple[int, ...]]:
         """(byte offset in the file, dtype, shape) of a dataset, for ``np.memmap``.
@@ -480,10 +537,19 @@ class Store:
                 offset = None
         return offset, dset.dtype, tuple(dset.shape)
 
+    def _read(self, h5_path: str, selection=()) -> np.ndarray:
+        """``file[h5_path][selection]``; bytes that cannot be read (a corrupt compressed chunk) are a
+        :class:`DataFormatError` naming the file."""
+        try:
+            return self.file[h5_path][selection]
+        except (OSError, KeyError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataFormatError(self.path, f"corrupt dataset {h5_path!r}: {first[:300]}") from None
+
     def molecule(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(numbers (n,), positions (n, 3) Å) of molecule ``index``."""
         a, b = int(self.offsets[index]), int(self.offsets[index + 1])
-        return self.file["numbers"][a:b].astype(np.int64), self.file["positions"][a:b]
+        return self._read("numbers", slice(a, b)).astype(np.int64), self._read("positions", slice(a, b))
 
     # --- summary ----------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -495,7 +561,7 @@ class Store:
         and ``attrs`` (provenance).
         """
         n_atoms = self.n_atoms
-        z, counts = np.unique(self.file["numbers"][()], return_counts=True)
+        z, counts = np.unique(self._read("numbers"), return_counts=True)
         props = {}
         for name in self.property_names + self.atom_property_names:
             values = self.property(name)
@@ -508,7 +574,7 @@ class Store:
             }
             if values.dtype.kind in "iuf" and values.size:
                 v = values.astype(np.float64)
-                with np.errstate(invalid="ignore"):  # inf values: nanstd is nan, no warning
+                with np.errstate(invalid="ignore", over="ignore"):  # inf or huge values: nan/inf, no warning
                     entry.update(
                         mean=float(np.nanmean(v)),
                         std=float(np.nanstd(v)),
@@ -528,6 +594,46 @@ class Store:
             "properties": props,
             "attrs": self.attrs,
         }
+
+
+def _check_global_heaps(path: Path) -> None:
+    """Walk every HDF5 global heap collection (where variable-length strings, e.g. the store's attributes,
+    live) the way HDF5 does, and refuse one whose objects do not tile it: HDF5 steps from object to object by
+    their sizes, and a corrupt size that leads to an empty free-space entry keeps it in an endless loop inside
+    the C library, where no signal can stop it. Collections are found by their signature (``GCOL``, version 1,
+    a size of at least 4 KiB that fits in the file); the scan reads the file once (about 0.5 s per GB)."""
+    if path.stat().st_size < 32:
+        return  # too small for HDF5: h5py names the problem
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        at = m.find(b"GCOL\x01\x00\x00\x00")
+        while at >= 0:
+            size = int.from_bytes(m[at + 8 : at + 16], "little")
+            end, p = at + size, at + 16
+            while 4096 <= size <= len(m) - at and p + 16 <= end:  # a shorter tail is free space
+                index, length = (
+                    int.from_bytes(m[p : p + 2], "little"),
+                    int.from_bytes(m[p + 8 : p + 16], "little"),
+                )
+                step = 16 + -(-length // 8) * 8 if index else length
+                if step <= 0 or p + step > end:
+                    raise DataFormatError(
+                        path,
+                        f"corrupt store: the HDF5 global heap at byte {at} has an object of size {length} "
+                        f"at byte {p} that does not fit it",
+                    )
+                p += step
+            at = m.find(b"GCOL\x01\x00\x00\x00", at + 4)
+
+
+def _text(value) -> str:
+    """A string attribute as text: bytes that are not UTF-8 (h5py returns them as surrogate escapes, which
+    ``print`` cannot write) become U+FFFD."""
+    if not isinstance(value, bytes):
+        try:
+            value = str(value).encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that is no escaped byte
+            value = str(value).encode("utf-8", "surrogatepass")
+    return value.decode("utf-8", errors="replace")
 
 
 def molecules_with_values(values: np.ndarray, offsets: np.ndarray, per_atom: bool) -> int:

@@ -9,6 +9,7 @@ hyperparameters with the stored weights before a model of that size is built.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -56,8 +57,9 @@ def build_model(name: str, **hparams) -> AtomisticModel:
         raise AtomNetError(f"unknown model {name!r}; registered models: {sorted(MODELS)}") from None
     try:
         return cls(**hparams)
-    except TypeError as exc:
-        raise AtomNetError(f"model {name!r}: {exc}") from None
+    except TypeError as exc:  # torch's messages list every signature on its own line: keep the first
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise AtomNetError(f"model {name!r}: {first[:300]}") from None
 
 
 def model_to_dict(model: AtomisticModel, meta: dict | None = None) -> dict:
@@ -86,6 +88,18 @@ def _ints(value):
             yield from _ints(v)
 
 
+def _floats(value):
+    """Every float inside a hyperparameter value (lists, tuples and dicts searched)."""
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _floats(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _floats(v)
+
+
 def _check_sizes(name: str, hparams: dict, state_dict: dict, source: str) -> None:
     """Refuse hyperparameters that would build a model larger than the weights stored in the file, before
     anything of that size is allocated.
@@ -95,7 +109,9 @@ def _check_sizes(name: str, hparams: dict, state_dict: dict, source: str) -> Non
     weights (a width, a count or a largest Z is the size of at least one stored tensor dimension).
     """
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            # a shell for shapes only: its warnings (e.g. "initializing zero-element tensors") are not the user's
+            warnings.simplefilter("ignore")
             shell = build_model(name, **hparams)
     except (RuntimeError, NotImplementedError):  # the constructor reads tensor values: use the bound
         shell = None
@@ -135,6 +151,15 @@ def build_checked(name, hparams, state_dict, source: str) -> AtomisticModel:
         raise AtomNetError(f"{source}: weights (state_dict) must be a dict of named tensors")
     if name.lower() not in MODELS:
         raise AtomNetError(f"{source}: unknown model {name!r}; registered models: {sorted(MODELS)}")
+    for key, value in hparams.items():
+        if any(not math.isfinite(x) for x in _floats(value)):
+            raise AtomNetError(f"{source}: hyperparameter {key}={value!r} is not a finite number"[:400])
+    for key, tensor in state_dict.items():
+        if tensor.is_complex() or (tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())):
+            what = "complex" if tensor.is_complex() else "NaN or inf"
+            raise AtomNetError(
+                f"{source}: weight {key!r} holds {what} values; a model's weights are finite reals"
+            )
     try:
         _check_sizes(name, hparams, state_dict, source)
         model = build_model(name, **hparams)
@@ -142,7 +167,7 @@ def build_checked(name, hparams, state_dict, source: str) -> AtomisticModel:
     except AtomNetError as exc:
         message = str(exc)
         raise AtomNetError(message if message.startswith(source) else f"{source}: {message}") from None
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, MemoryError) as exc:
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, MemoryError, ArithmeticError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if "state_dict" in first or "size mismatch" in first:
             raise AtomNetError(

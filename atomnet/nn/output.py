@@ -34,11 +34,7 @@ class AtomEmbedding(nn.Embedding):
     def forward(self, numbers: torch.Tensor) -> torch.Tensor:
         # the check reads values: a graph break under torch.compile and impossible while tracing for export,
         # skipped there (AtomNetCalculator, the caller that compiles, and the exporter check atomic numbers)
-        if (
-            numbers.numel()
-            and not tracing()
-            and (int(numbers.max()) > self.max_z or int(numbers.min()) < 1)
-        ):
+        if numbers.numel() and not tracing() and (int(numbers.max()) > self.max_z or int(numbers.min()) < 1):
             bad = numbers[(numbers > self.max_z) | (numbers < 1)].unique().tolist()
             raise ModelInputError(
                 f"atomic number(s) {bad} outside the model's range 1..{self.max_z}; "

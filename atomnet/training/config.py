@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import types
 import typing
@@ -242,11 +243,21 @@ def _check_value(key: str, value: Any, tp) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     pass
+                else:
+                    if math.isfinite(number):
+                        return number
+                    raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}"[:300])
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -290,11 +301,13 @@ def config_from_dict(raw: dict | None) -> Config:
         if section not in SECTIONS:
             raise ConfigError(f"{section}: unknown section; known: {sorted(SECTIONS)}")
     cfg = Config()
-    model_raw = dict(raw.get("model") or {})
     if not isinstance(raw.get("model") or {}, dict):
         raise ConfigError("model: expected a mapping")
+    model_raw = dict(raw.get("model") or {})
     name = _check_value("model.name", model_raw.pop("name", "schnet"), str)
     nested = model_raw.pop("hparams", {}) or {}
+    if not isinstance(nested, dict):
+        raise ConfigError(f"model.hparams: expected a mapping, got {nested!r}"[:300])
     tuning = {
         k: _check_value(f"model.{k}", model_raw.pop(k), tp) for k, tp in FINE_TUNING.items() if k in model_raw
     }
@@ -381,6 +394,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     """Apply ``--set section.key=value`` overrides to a raw config dict (a copy is returned)."""
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(
+            f"config: expected a mapping of sections {sorted(SECTIONS)}, got {type(raw).__name__}"
+        )
+    for k, v in (raw or {}).items():
+        if not isinstance(v or {}, dict):
+            raise ConfigError(f"{k}: expected a mapping, got {v!r}"[:300])
     raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
     for text in overrides or []:
         (section, key), value = parse_override(text)
@@ -404,6 +424,32 @@ def _resolve_path(value: str | None, base: Path | None) -> str | None:
     return str(p.resolve())
 
 
+def _read_yaml(path: Path):
+    """The YAML document of ``path``; a one-line :class:`ConfigError` naming the file (and the line, where
+    known) for text that is not UTF-8, not YAML, or holds a value YAML cannot build (a date like 2001-13-01)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path} (line {line}): not UTF-8 text ({exc.reason})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = " ".join(str(exc).strip().split("\n")[0].split())  # yaml adds the place on its own lines
+        where = ""
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+            problem = " ".join(f"{exc.context or ''} {exc.problem or ''}".split()) or problem
+        elif isinstance(getattr(exc, "position", None), int):  # a character YAML does not allow
+            where = f" (line {text.count(chr(10), 0, exc.position) + 1})"
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem or type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - yaml's constructors raise ValueError, TypeError, ... for odd values
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML ({type(exc).__name__}: {reason})") from None
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or defaults if ``path`` is None), apply overrides, validate, resolve paths."""
     raw: dict = {}
@@ -412,12 +458,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raw = _read_yaml(path)
         base = path.resolve().parent
-    cfg = config_from_dict(apply_overrides(raw, overrides))
+    try:
+        cfg = config_from_dict(apply_overrides(raw, overrides))
+    except ConfigError as exc:  # name the file (the message names the key)
+        if path is None or str(exc).startswith("--set"):
+            raise
+        raise ConfigError(f"{path}{' (with --set overrides)' if overrides else ''}: {exc}") from None
     cfg.data.path = _resolve_path(cfg.data.path, base)
     cfg.data.split_file = _resolve_path(cfg.data.split_file, base)
     cfg.data.cache_dir = _resolve_path(cfg.data.cache_dir, base)
