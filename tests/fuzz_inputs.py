@@ -802,6 +802,50 @@ def check_qm9_xyz(mutation, tmp: Path) -> tuple[str, bool]:
     return "valid", False
 
 
+@functools.cache
+def qm9pack_seed() -> bytes:
+    """A qm9pack ``qm9_part1.csv`` (qm9pack 1.0.3's columns and quoting) holding the first three molecules of
+    the shared QM9 tarball, so the target needs no qm9pack installed."""
+    from atomnet.data.qm9 import QM9_ELEMENTS, QM9PACK_COLUMNS, parse_qm9_xyz
+
+    symbol = {z: s for s, z in QM9_ELEMENTS.items()}
+    header = ["XYZ_file", "Index", "SMILES", "N_atoms", "Elements", "XYZ_Ang", "Mulliken_pop"]
+    header += list(QM9PACK_COLUMNS)
+    lines = [",".join(header)]
+    for name, data in qm9_members():
+        mol = parse_qm9_xyz(data.decode(), name)
+        elements = "[" + ",".join(f"'{symbol[int(z)]}'" for z in mol["numbers"]) + "]"
+        xyz = "[" + ",".join("[" + ",".join(repr(float(v)) for v in r) + "]" for r in mol["positions"]) + "]"
+        q = "[" + ",".join(repr(float(v)) for v in mol["charges"]) + "]"
+        props = ",".join(repr(float(v)) for v in mol["properties"])
+        lines.append(f'"{name}",{mol["id"]},"C",{len(mol["numbers"])},"{elements}","{xyz}","{q}",{props}')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def check_qm9pack(mutation, tmp: Path) -> tuple[str, bool]:
+    """A mutated ``qm9_part1.csv`` through :func:`read_qm9pack` (``data_dir``), then a store."""
+    from atomnet.data.qm9 import read_qm9pack
+    from atomnet.data.store import write_store
+
+    path = tmp / "qm9_part1.csv"
+    path.write_bytes(apply_text(qm9pack_seed(), mutation))
+    out = tmp / "out"
+    out.mkdir()
+    with no_warnings("read_qm9pack"):
+        try:
+            table = read_qm9pack(progress=False, data_dir=tmp)
+            assert_table_valid(table)
+            assert_tables_equal(table, read_qm9pack(progress=False, data_dir=tmp))
+            write_store(table, out / "qm9.h5", progress=False)
+            assert_store_matches(out / "qm9.h5", table)
+        except AtomNetError as exc:
+            assert not list(out.iterdir()), f"write_store left {list(out.iterdir())}"
+            # a row the reader refuses names the CSV; a value the store cannot hold names the folder (the
+            # table's source) and the molecule
+            return "error", assert_clear(exc, path, tmp)
+    return "valid", False
+
+
 def qm9_tar_mutation():
     text = st.tuples(st.just("members"), st.integers(0, 2), TEXT_OPS, st.sampled_from(["w:bz2", "w:gz", "w"]))
     raw = st.tuples(st.just("archive"), st.sampled_from(["w:bz2", "w:gz", "w"]), BINARY_OPS)
@@ -1152,7 +1196,9 @@ def check_model(mutation, tmp: Path) -> tuple[str, bool]:
             pot, _ = load_potential(path)
         except AtomNetError as exc:
             return "error", assert_clear(exc, path)
-        batch = batch_from_atoms([molecule("H2O"), molecule("CH4")], cutoff=4.0)
+        # pairs out to the model's cutoff (a larger cutoff in the hyperparameters is a valid model)
+        cutoff = max(4.0, float(pot.cutoff))
+        batch = batch_from_atoms([molecule("H2O"), molecule("CH4")], cutoff=cutoff)
         out = pot(batch)
         assert torch.isfinite(out["energy"]).all() and torch.isfinite(out["forces"]).all(), (
             f"a model that loads predicts non-finite values: {out['energy'].tolist()}"
@@ -1270,7 +1316,7 @@ def check_config(mutation, tmp: Path) -> tuple[str, bool]:
 # the targets
 # ------------------------------------------------------------------------------------------------------
 #: cases per target in the default (not slow) tests: together under a minute on one core
-DEFAULT_EXAMPLES = {"qm9_xyz": 200, "qm9_tarball": 100, "md17_npz": 100, "rmd17_npz": 80, "index_file": 150,
+DEFAULT_EXAMPLES = {"qm9_xyz": 200, "qm9_tarball": 100, "qm9pack": 150, "md17_npz": 100, "rmd17_npz": 80, "index_file": 150,
                     "qm7": 100, "extxyz": 150, "ase_db": 50, "store": 150, "model": 100, "split": 150, "config": 200}  # fmt: skip
 #: cases per target in the slow tests and ``scripts/reliability_fuzz.py``
 SLOW_EXAMPLES = 1000
@@ -1283,6 +1329,7 @@ TARGETS: dict[str, Target] = {
         Target("qm9_tarball", "qm9.read_qm9_tarball + CLI", TEXT_KINDS + " (members of bz2/gz/plain tars); "
                "byte flips, truncation, deleted/inserted bytes (archive)", qm9_tar_mutation(), check_qm9_tarball,
                qm9_members),
+        Target("qm9pack", "qm9.read_qm9pack (a qm9pack CSV)", TEXT_KINDS, TEXT_OPS, check_qm9pack, qm9pack_seed),
         Target("md17_npz", "md17.read_md17_npz + CLI", "missing/extra keys, wrong dtypes/shapes, NaN/inf/huge "
                "values (numpy); byte flips, truncation (npz, compressed or not)", npz_mutation(8), check_md17,
                md17_arrays),

@@ -174,6 +174,7 @@ def saved(tmp_path, which: int, *edits) -> object:
         (("hparam", "n_rbf", {}), r"model 'schnet': linspace\(\) received an invalid combination"),
         (("hparam", "n_rbf", 0), r"weights do not match the model's hyperparameters"),
         (("hparam", "cutoff", 0), r"cannot build model 'schnet' from the file \(float division by zero\)"),
+        (("hparam", "n_interactions", 10**9), r"hyperparameter n_interactions=1000000000 is larger than the"),
     ],
     ids=[
         "nan-weight",
@@ -183,13 +184,15 @@ def saved(tmp_path, which: int, *edits) -> object:
         "dict-n_rbf",
         "zero-n_rbf",
         "zero-cutoff",
+        "billion-interactions",
     ],
 )
 def test_model_with_bad_numbers_is_a_one_line_error(tmp_path, which, edit, match):
     """Found: NaN/inf weights loaded and predicted NaN energies, complex weights lost their imaginary part
     with a UserWarning, a wrong hyperparameter type gave torch's multi-line TypeError, and ``n_rbf = 0``
     printed torch's "zero-element tensors" UserWarning before the error (``check_model`` fails on warnings);
-    ``cutoff = 0`` escaped as ZeroDivisionError."""
+    ``cutoff = 0`` escaped as ZeroDivisionError; ``n_interactions = 10**9`` hung building a shape-only shell of
+    10^9 blocks (the integer bound now comes first)."""
     path = saved(tmp_path, which, edit)
     with pytest.raises(AtomNetError, match=match) as info:
         load_potential(path)

@@ -29,7 +29,7 @@ from atomnet.errors import DataFormatError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: the readers of this file; cases per reader: fz.DEFAULT_EXAMPLES (default run), fz.SLOW_EXAMPLES (slow)
-NAMES = ["qm9_xyz", "qm9_tarball", "md17_npz", "rmd17_npz", "index_file", "qm7", "extxyz", "ase_db"]
+NAMES = ["qm9_xyz", "qm9_tarball", "qm9pack", "md17_npz", "rmd17_npz", "index_file", "qm7", "extxyz", "ase_db"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -285,3 +285,33 @@ def test_extxyz_cells_must_be_finite_in_the_store(tmp_path, value, match):
     path = tmp_path / name
     path.write_bytes(re.sub(rb'Lattice="[-\d.e]+', b'Lattice="' + value, data, count=1))
     refused(path, "ase", match, energy_unit=unit)
+
+
+# ----------------------------------------------------------------------------------------- qm9pack
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda t: b"\n".join([*t.split(b"\n")[:2], t.split(b"\n")[2].rsplit(b",", 1)[0] + b",nan"]) + b"\n",
+         r"qm9_part1\.csv \(line 3, dsgdb9nsd_\d+\.xyz\): NaN/inf in properties"),
+        (lambda t: t.replace(b"\n", b"\n\xff", 1), r"qm9_part1\.csv \(line 2\): not UTF-8 text"),
+        (lambda t: t.split(b"\n")[0] + b"\n" + t.split(b"\n")[1][:60] + b"\n",
+         r"qm9_part1\.csv \(line 2, .*\): malformed row"),
+        (lambda t: b"XYZ_file,Index\n" + t.split(b"\n", 1)[1], r"qm9_part1\.csv \(line 1\): missing columns"),
+        (lambda t: t.split(b"\n")[0] + b"\n", r"qm9_part1\.csv: no molecule rows after the header"),
+    ],
+    ids=["nan", "not-utf8", "short-row", "columns", "no-rows"],
+)  # fmt: skip
+def test_qm9pack_csv_errors_name_the_file_and_line(tmp_path, edit, match):
+    """A qm9pack CSV with NaN, non-UTF-8 bytes, a cut row, missing columns or no rows (found: an empty table
+    passed as valid) is a one-line error naming the CSV and its line (``read_qm9pack(data_dir=)``); the seed itself reads as the tarball's molecules."""
+    from atomnet.data.qm9 import read_qm9pack
+
+    seed = fz.qm9pack_seed()
+    (tmp_path / "qm9_part1.csv").write_bytes(seed)
+    table = read_qm9pack(progress=False, data_dir=tmp_path)
+    first = read_qm9_tarball(fz.shared("qm9/qm9_subset.tar.bz2"), limit=3, progress=False)
+    fz.assert_tables_equal(table, first)
+    (tmp_path / "qm9_part1.csv").write_bytes(edit(seed))
+    with pytest.raises(DataFormatError, match=match) as info:
+        read_qm9pack(progress=False, data_dir=tmp_path)
+    assert "\n" not in str(info.value)

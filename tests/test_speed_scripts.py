@@ -49,3 +49,30 @@ def test_bench_md_runs_without_schnetpack(capsys, tmp_path):
     for system in ("C7H12O2 (21 atoms)", "water box (1029 atoms, PBC)"):
         rates = [float(x) for x in rows[system][:2]]
         assert all(rate > 0 for rate in rates) and rows[system][2].endswith("x")
+
+
+def test_epoch_workers_script_counts_every_molecule_and_each_process(shared_data, tmp_path, capsys):
+    """``scripts/epoch_workers.py`` (README, "Data larger than memory"): an epoch with 0 and 2 workers reads
+    every molecule of the store once, and memory is reported for the main process and each worker."""
+    import json
+
+    from atomnet.data.qm9 import read_qm9_tarball
+    from atomnet.data.store import write_store
+
+    store = tmp_path / "qm9.h5"
+    table = read_qm9_tarball(shared_data / "qm9" / "qm9_subset.tar.bz2", limit=250, progress=False)
+    write_store(table, store, progress=False)
+    script = load_script("epoch_workers")
+    out = tmp_path / "epoch.json"
+    assert script.main([str(store), "--workers", "0", "2", "--batch-size", "40", "--threads", "1",
+                        "--json", str(out)]) == 0  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    assert [r["workers"] for r in results] == [0, 2]
+    for r in results:
+        assert r["molecules"] == 250 and r["batches"] == 7  # ceil(250 / 40), no padding
+        assert r["atoms"] == int(table.n_atoms.sum())
+        assert len(r["worker_processes"]) == r["workers"]
+        for mem in [r["main"], *r["worker_processes"]]:
+            assert 0 < mem["rss_anon_mib"] <= mem["peak_rss_mib"]
+    assert script.main([str(tmp_path / "missing.h5")]) == 2
+    assert "missing.h5: no such store" in capsys.readouterr().err

@@ -364,15 +364,39 @@ def _numbers_list(text: str) -> np.ndarray:
     return np.array(text.replace("[", " ").replace("]", " ").split(","), dtype=np.float64)
 
 
-def read_qm9pack(limit: int | None = None, progress: bool = True) -> MoleculeTable:
+def _qm9pack_row(row: dict, part: Path, where: str):
+    """(gdb index, numbers (n,), positions (n, 3) Å, charges (n,) e, properties (15,)) of one qm9pack CSV row."""
+    try:
+        symbols = [t.strip().strip("'\"") for t in row["Elements"].strip("[]").split(",")]
+        z = np.array([QM9_ELEMENTS[t] for t in symbols], dtype=np.int64)
+        xyz = _numbers_list(row["XYZ_Ang"]).reshape(len(z), 3)
+        q = _numbers_list(row["Mulliken_pop"]).reshape(len(z))
+        p = np.array([float(row[col]) for col in QM9PACK_COLUMNS])
+        gdb_id = int(row["Index"])
+    except (KeyError, ValueError, AttributeError, TypeError) as e:  # a short row holds None
+        reason = " ".join(str(e).split())[:200]
+        raise DataFormatError(part, f"malformed row ({type(e).__name__}: {reason})", where) from None
+    if not 0 < gdb_id < 2**63:
+        raise DataFormatError(part, f"gdb index {str(gdb_id)[:30]} is not a positive 64-bit integer", where)
+    for name, values in (("XYZ_Ang", xyz), ("Mulliken_pop", q), ("properties", p)):
+        if not np.isfinite(values).all():
+            raise DataFormatError(part, f"NaN/inf in {name}", where)
+    return gdb_id, z, xyz, q, p
+
+
+def read_qm9pack(
+    limit: int | None = None, progress: bool = True, data_dir: str | Path | None = None
+) -> MoleculeTable:
     """Full QM9 (130,831 molecules = 133,885 minus the 3,054 uncharacterized) from the PyPI ``qm9pack`` package.
 
     qm9pack 1.0.3 ships ``qm9pack/data/qm9_part{1,2,3}.csv`` with every field of the original files (units in
     the column names, identical to the original: Hartree, D, Bohr^3, Bohr^2, GHz, cal/mol/K; Å, e). Same
     output as :func:`read_qm9_tarball`: ``ids`` = gdb index, properties :data:`QM9_PROPERTIES`, units
-    :data:`QM9_UNITS`, per-atom ``charges``.
+    :data:`QM9_UNITS`, per-atom ``charges``. ``data_dir``: a folder of such CSVs instead of the package's.
+    A row that cannot be read, holds NaN/inf or is not UTF-8 is a :class:`DataFormatError` naming the file
+    and its line.
     """
-    data = qm9pack_data_dir()
+    data = Path(data_dir) if data_dir is not None else qm9pack_data_dir()
     parts = sorted(data.glob("qm9_part*.csv"))
     if not parts:
         raise DataFormatError(
@@ -382,34 +406,38 @@ def read_qm9pack(limit: int | None = None, progress: bool = True) -> MoleculeTab
     ids, numbers, positions, charges, props, n_atoms = [], [], [], [], [], []
     bar = tqdm(total=limit or 130831, desc="QM9 (qm9pack)", unit="mol", disable=not progress)
     for part in parts:
-        with open(part, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"Index", "Elements", "XYZ_Ang", "Mulliken_pop", *QM9PACK_COLUMNS} - set(
-                reader.fieldnames or []
-            )
-            if missing:
-                raise DataFormatError(part, f"missing columns {sorted(missing)}")
-            for row in reader:
-                where = f"row {reader.line_num}, {row.get('XYZ_file', '')}"
-                try:
-                    symbols = [s.strip().strip("'\"") for s in row["Elements"].strip("[]").split(",")]
-                    z = np.array([QM9_ELEMENTS[s] for s in symbols], dtype=np.int64)
-                    xyz = _numbers_list(row["XYZ_Ang"]).reshape(len(z), 3)
-                    q = _numbers_list(row["Mulliken_pop"]).reshape(len(z))
-                    p = [float(row[col]) for col in QM9PACK_COLUMNS]
-                    gdb_id = int(row["Index"])
-                except (KeyError, ValueError) as e:
-                    raise DataFormatError(part, f"malformed row ({type(e).__name__}: {e})", where) from None
-                ids.append(gdb_id)
-                numbers.append(z)
-                positions.append(xyz)
-                charges.append(q)
-                props.append(p)
-                n_atoms.append(len(z))
-                bar.update()
-                if limit is not None and len(ids) >= limit:
-                    break
+        reader = None
+        try:
+            with open(part, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                missing = {"Index", "Elements", "XYZ_Ang", "Mulliken_pop", *QM9PACK_COLUMNS} - set(
+                    reader.fieldnames or []
+                )
+                if missing:
+                    raise DataFormatError(part, f"missing columns {sorted(missing)}", "line 1")
+                for row in reader:
+                    mol = _qm9pack_row(row, part, f"line {reader.line_num}, {row.get('XYZ_file', '')}")
+                    for column, value in zip((ids, numbers, positions, charges, props), mol, strict=True):
+                        column.append(value)
+                    n_atoms.append(len(mol[1]))
+                    bar.update()
+                    if limit is not None and len(ids) >= limit:
+                        break
+        except UnicodeDecodeError as e:  # the decoder reads ahead: find the line in the bytes
+            data_bytes = part.read_bytes()
+            try:
+                data_bytes.decode("utf-8")
+                at = 0
+            except UnicodeDecodeError as exact:
+                at = exact.start
+            line = data_bytes.count(b"\n", 0, at) + 1
+            raise DataFormatError(part, f"not UTF-8 text ({e.reason})", f"line {line}") from None
+        except csv.Error as e:
+            line = reader.line_num if reader is not None else 1
+            raise DataFormatError(part, f"malformed CSV ({e})", f"line {line}") from None
         if limit is not None and len(ids) >= limit:
             break
     bar.close()
+    if not ids:
+        raise DataFormatError(parts[0] if len(parts) == 1 else data, "no molecule rows after the header")
     return _table(ids, numbers, positions, charges, props, n_atoms, f"qm9pack ({data})", "qm9pack-csv")

@@ -105,9 +105,19 @@ def _check_sizes(name: str, hparams: dict, state_dict: dict, source: str) -> Non
     anything of that size is allocated.
 
     Where the model can be built on torch's ``meta`` device (shapes without memory) the weights are loaded
-    into that shell, which checks every name and shape; otherwise every integer hyperparameter must be at most the number of stored
-    weights (a width, a count or a largest Z is the size of at least one stored tensor dimension).
+    into that shell, which checks every name and shape. Before that, every integer hyperparameter must be at most
+    the number of stored weights (a width, a count or a largest Z is the size of at least one stored tensor
+    dimension), so no shell of absurd size is ever built.
     """
+    # the bound first: even a shell of 10^9 interaction blocks would take for ever to build
+    n_stored = sum(int(v.numel()) for v in state_dict.values())
+    for key, value in hparams.items():
+        for n in _ints(value):
+            if n > max(n_stored, 1000):
+                raise AtomNetError(
+                    f"{source}: hyperparameter {key}={value!r} is larger than the {n_stored} weights stored "
+                    "in the file (refused before building the model)"[:400]
+                )
     try:
         with torch.device("meta"), warnings.catch_warnings():
             # a shell for shapes only: its warnings (e.g. "initializing zero-element tensors") are not the user's
@@ -127,14 +137,6 @@ def _check_sizes(name: str, hparams: dict, state_dict: dict, source: str) -> Non
                 f"{source}: weights do not match the model's hyperparameters ({detail[:300]})"
             ) from None
         return
-    n_stored = sum(int(v.numel()) for v in state_dict.values())
-    for key, value in hparams.items():
-        for n in _ints(value):
-            if n > max(n_stored, 1000):
-                raise AtomNetError(
-                    f"{source}: hyperparameter {key}={value!r} is larger than the {n_stored} weights stored "
-                    "in the file (refused before building the model)"
-                )
 
 
 def build_checked(name, hparams, state_dict, source: str) -> AtomisticModel:
