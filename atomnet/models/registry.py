@@ -74,30 +74,17 @@ def model_to_dict(model: AtomisticModel, meta: dict | None = None) -> dict:
     }
 
 
-def _ints(value):
-    """Every integer inside a hyperparameter value (lists, tuples and dicts searched), bools excluded."""
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
+def _numbers(value, kind: type):
+    """Every ``kind`` (int or float) inside a hyperparameter value (lists, tuples and dicts searched), bools
+    excluded."""
+    if isinstance(value, kind) and not isinstance(value, bool):
         yield value
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _ints(v)
+            yield from _numbers(v, kind)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _ints(v)
-
-
-def _floats(value):
-    """Every float inside a hyperparameter value (lists, tuples and dicts searched)."""
-    if isinstance(value, float):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _floats(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _floats(v)
+            yield from _numbers(v, kind)
 
 
 def _check_sizes(name: str, hparams: dict, state_dict: dict, source: str) -> None:
@@ -112,7 +99,7 @@ def _check_sizes(name: str, hparams: dict, state_dict: dict, source: str) -> Non
     # the bound first: even a shell of 10^9 interaction blocks would take for ever to build
     n_stored = sum(int(v.numel()) for v in state_dict.values())
     for key, value in hparams.items():
-        for n in _ints(value):
+        for n in _numbers(value, int):
             if n > max(n_stored, 1000):
                 raise AtomNetError(
                     f"{source}: hyperparameter {key}={value!r} is larger than the {n_stored} weights stored "
@@ -154,7 +141,7 @@ def build_checked(name, hparams, state_dict, source: str) -> AtomisticModel:
     if name.lower() not in MODELS:
         raise AtomNetError(f"{source}: unknown model {name!r}; registered models: {sorted(MODELS)}")
     for key, value in hparams.items():
-        if any(not math.isfinite(x) for x in _floats(value)):
+        if any(not math.isfinite(x) for x in _numbers(value, float)):
             raise AtomNetError(f"{source}: hyperparameter {key}={value!r} is not a finite number"[:400])
     for key, tensor in state_dict.items():
         if tensor.is_complex() or (tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())):
