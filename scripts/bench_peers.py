@@ -1,0 +1,784 @@
+"""Side by side: atomnet, schnetpack 2.1.1 and PyTorch Geometric 2.8.1 on the same SchNet — training, inference,
+data loading and peak memory, in one run.
+
+Model in all three packages: SchNet, 128 features, 128 filters, 3 interactions, 50 Gaussians, cosine cutoff 5 Å,
+float32, the same parameter count (asserted: 238,465; atomnet's embedding is given ``max_z=99`` so it has PyG's
+and schnetpack's 100 rows). Adam (lr 1e-4), batch 100, MSE loss on the energy (and on the forces, weight 1).
+
+Cases (``--cases``; each (case, package) runs in a fresh process, so its peak RSS is its own):
+
+- ``train_energy_qm9``: energy training on the first 1,000 molecules of the shared QM9 subset (10 batches).
+- ``train_forces_ethanol`` / ``train_forces_c7h12o2``: energy + force training (double backward) on 1,000 MD17
+  ethanol DFT frames (9 atoms) and on 1,000 perturbed copies of QM9 gdb 39683 (C7H12O2, 21 atoms).
+- ``infer_forces_ethanol`` / ``infer_forces_c7h12o2``: energy + forces, evaluation mode, same batches.
+- ``load_qm9``: one epoch over 2,000 QM9 molecules from each package's own store, batches of 100 with neighbour
+  pairs at 5 Å: atomnet's HDF5 store (``StoreDataset``), schnetpack's ASE database (``ASEAtomsData`` with
+  ``MatScipyNeighborList``, the faster of its two neighbour lists, and ``CastTo32``), PyG's ``InMemoryDataset``
+  + ``DataLoader`` plus the pure-torch radius graph below per batch.
+
+Rows: **model** — batches prebuilt (neighbour pairs included; PyG gets its pairs through ``interaction_graph=``,
+so it computes only the distances, as the others do); **end to end** — batch building inside the timed loop:
+atomnet ``make_batch`` on the concatenated arrays, schnetpack its neighbour-list transform per molecule and
+``_atoms_collate_fn``, PyG ``Batch.from_data_list`` and its radius graph. Each figure is the median of
+``--repeats`` passes over all batches after ``--warmup`` passes; molecules per second.
+
+Same settings for every package: ``--threads`` torch threads (OMP/MKL variables too), flush-denormal on,
+tcmalloc preloaded when ``libtcmalloc_minimal.so.4`` is installed (``--no-tcmalloc`` turns it off).
+
+Workarounds for the peers, all in this file: PyG's default radius graph needs ``pyg-lib``/``torch-cluster``,
+which the registry lacks for torch 2.13, so ``interaction_graph=`` gets the pure-torch ``radius_pairs`` below;
+schnetpack 2.1.1 is installed with ``--no-deps`` and imported with the ``T_co`` shim of ``bench_md.py``.
+
+The atomnet energy-training worker also counts the FLOPs of one training step (matrix products, with
+``torch.utils.flop_counter``) and measures this CPU's float32 matrix-product rate at the model's shapes; the
+report gives the throughput ceiling this implies and atomnet's fraction of it.
+
+    bash scripts/setup_bench_env.sh
+    .venv-bench/bin/python scripts/bench_peers.py --threads 2 --repeats 5     # docs/performance/peers.{json,md,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+QM9 = SHARED / "qm9" / "qm9_subset.tar.bz2"
+ETHANOL = SHARED / "md17" / "ethanol_dft_1200.xyz"
+OUT = ROOT / "docs" / "performance"
+PACKAGES = ("atomnet", "pyg", "schnetpack")
+HP = dict(n_atom_basis=128, n_filters=128, n_interactions=3, n_rbf=50, cutoff=5.0)
+CASES = {
+    "train_energy_qm9": ("train", False, "qm9"),
+    "train_forces_ethanol": ("train", True, "ethanol"),
+    "train_forces_c7h12o2": ("train", True, "c7h12o2"),
+    "infer_forces_ethanol": ("infer", True, "ethanol"),
+    "infer_forces_c7h12o2": ("infer", True, "c7h12o2"),
+    "load_qm9": ("load", False, "qm9"),
+}
+TCMALLOC = "libtcmalloc_minimal.so.4"
+
+
+# ----------------------------------------------------------------------------------------------- data
+def raw_molecules(system: str, n: int, seed: int = 0) -> list[dict]:
+    """``n`` molecules as dicts of numpy arrays: numbers (N,), positions (N, 3) Å float32, energy (eV, centred),
+    forces (N, 3) eV/Å float32 (random for the QM9 and C7H12O2 systems: speed does not depend on them)."""
+    rng = np.random.default_rng(seed)
+    if system == "qm9":
+        from atomnet.data.qm9 import read_qm9_tarball
+
+        table = read_qm9_tarball(QM9, limit=n, progress=False)
+        off, energy = table.offsets, np.asarray(table.properties["U0"], np.float64)
+        energy = energy - energy.mean()
+        return [
+            dict(
+                numbers=table.numbers[off[k] : off[k + 1]].astype(np.int64),
+                positions=np.asarray(table.positions[off[k] : off[k + 1]], np.float32),
+                energy=energy[k],
+                forces=rng.normal(size=(off[k + 1] - off[k], 3)).astype(np.float32),
+            )
+            for k in range(n)
+        ]
+    if system == "ethanol":
+        import ase.io
+
+        frames = ase.io.read(ETHANOL, f":{n}")
+        energies = np.array([a.get_potential_energy() for a in frames])
+        return [
+            dict(
+                numbers=a.numbers.astype(np.int64),
+                positions=a.positions.astype(np.float32),
+                energy=e - energies.mean(),
+                forces=a.get_forces().astype(np.float32),
+            )
+            for a, e in zip(frames, energies, strict=True)
+        ]
+    if system == "c7h12o2":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_md import small_molecule
+
+        atoms = small_molecule()
+        return [
+            dict(
+                numbers=atoms.numbers.astype(np.int64),
+                positions=(atoms.positions + rng.normal(scale=0.03, size=atoms.positions.shape)).astype(
+                    np.float32
+                ),
+                energy=rng.normal(),
+                forces=rng.normal(size=(len(atoms), 3)).astype(np.float32),
+            )
+            for _ in range(n)
+        ]
+    raise ValueError(f"unknown system {system!r}")
+
+
+def radius_pairs(pos, batch, n_atoms, cutoff: float):
+    """Directed pairs (i, j), i != j, of the same molecule closer than ``cutoff``: all pairs inside each molecule,
+    then a distance mask (what ``torch_cluster.radius_graph`` returns, in pure torch). pos (N, 3), batch (N,),
+    n_atoms (n_molecules,); returns two (n_pairs,) int64 tensors."""
+    import torch
+
+    size = n_atoms[batch]  # atoms in the molecule of each atom
+    first = torch.cumsum(n_atoms, 0) - n_atoms
+    i = torch.repeat_interleave(torch.arange(pos.shape[0]), size)
+    start = torch.cumsum(size, 0) - size
+    j = first[batch][i] + torch.arange(i.numel()) - torch.repeat_interleave(start, size)
+    keep = (i != j) & ((pos[i] - pos[j]).norm(dim=-1) < cutoff)
+    return i[keep], j[keep]
+
+
+# ----------------------------------------------------------------------------------------------- adapters
+class AtomnetAdapter:
+    """atomnet: ``SchNet`` inside ``Potential`` (forces by autograd), batches from ``make_batch``."""
+
+    def __init__(self):
+        from atomnet.models import SchNet
+        from atomnet.potential import Potential
+
+        self.model = Potential(SchNet(**HP, max_z=99))
+
+    def items(self, molecules: list[dict]):
+        return dict(
+            numbers=np.concatenate([m["numbers"] for m in molecules]),
+            positions=np.concatenate([m["positions"] for m in molecules]),
+            n_atoms=np.array([len(m["numbers"]) for m in molecules]),
+        )
+
+    def prepare(self, items):
+        import torch
+
+        from atomnet.data.batch import make_batch
+
+        return make_batch(
+            torch.from_numpy(items["numbers"]),
+            torch.from_numpy(items["positions"]),
+            torch.from_numpy(items["n_atoms"]),
+            cutoff=HP["cutoff"],
+        )
+
+    def energy(self, batch):
+        return self.model(batch, forces=False)["energy"]
+
+    def energy_forces(self, batch, create_graph: bool):
+        out = self.model(batch, forces=True, create_graph=create_graph)
+        return out["energy"], out["forces"]
+
+
+class PygAdapter:
+    """PyG: ``torch_geometric.nn.models.SchNet`` with a pure-torch ``interaction_graph`` (no pyg-lib here)."""
+
+    def __init__(self):
+        import torch
+        from torch_geometric.nn.models import SchNet
+
+        adapter = self
+
+        class Graph(torch.nn.Module):
+            """Pairs prebuilt for the model row (``adapter.pairs``), else found by :func:`radius_pairs`."""
+
+            def forward(self, pos, batch):
+                if adapter.pairs is not None:
+                    i, j = adapter.pairs
+                else:
+                    i, j = radius_pairs(pos.detach(), batch, adapter.n_atoms, HP["cutoff"])
+                return torch.stack([j, i]), (pos[i] - pos[j]).norm(dim=-1)
+
+        self.pairs, self.n_atoms = None, None
+        self.model = SchNet(
+            hidden_channels=HP["n_atom_basis"],
+            num_filters=HP["n_filters"],
+            num_interactions=HP["n_interactions"],
+            num_gaussians=HP["n_rbf"],
+            cutoff=HP["cutoff"],
+            interaction_graph=Graph(),
+        )
+
+    def items(self, molecules: list[dict]):
+        import torch
+        from torch_geometric.data import Data
+
+        return [
+            Data(z=torch.from_numpy(m["numbers"]), pos=torch.from_numpy(m["positions"])) for m in molecules
+        ]
+
+    def prepare(self, items, prebuilt: bool = False):
+        import torch
+        from torch_geometric.data import Batch
+
+        data = Batch.from_data_list(items)
+        n_atoms = torch.bincount(data.batch)
+        pairs = radius_pairs(data.pos, data.batch, n_atoms, HP["cutoff"]) if prebuilt else None
+        return data.z, data.pos, data.batch, n_atoms, pairs
+
+    def _energy(self, inputs, pos):
+        z, _, batch, n_atoms, pairs = inputs
+        self.pairs, self.n_atoms = pairs, n_atoms
+        return self.model(z, pos, batch).view(-1)
+
+    def energy(self, inputs):
+        return self._energy(inputs, inputs[1])
+
+    def energy_forces(self, inputs, create_graph: bool):
+        import torch
+
+        pos = inputs[1].detach().requires_grad_(True)
+        energy = self._energy(inputs, pos)
+        (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+        return energy, -grad
+
+
+class SchnetpackAdapter:
+    """schnetpack 2.1.1: ``NeuralNetworkPotential`` (``PairwiseDistances``, ``SchNet``, ``Atomwise``, ``Forces``),
+    per-molecule ``MatScipyNeighborList`` and ``_atoms_collate_fn``."""
+
+    def __init__(self, forces: bool):
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_md import import_schnetpack
+
+        spk = import_schnetpack()
+        import schnetpack.transform as trn
+        from schnetpack.data.loader import _atoms_collate_fn
+
+        self.spk, self.collate = spk, _atoms_collate_fn
+        self.neighbors = trn.MatScipyNeighborList(cutoff=HP["cutoff"])
+        outputs = [spk.atomistic.Atomwise(n_in=HP["n_atom_basis"], output_key="energy")]
+        if forces:
+            outputs.append(spk.atomistic.Forces(energy_key="energy", force_key="forces"))
+        self.model = spk.model.NeuralNetworkPotential(
+            representation=spk.representation.SchNet(
+                n_atom_basis=HP["n_atom_basis"],
+                n_filters=HP["n_filters"],
+                n_interactions=HP["n_interactions"],
+                radial_basis=spk.nn.GaussianRBF(n_rbf=HP["n_rbf"], cutoff=HP["cutoff"]),
+                cutoff_fn=spk.nn.CosineCutoff(HP["cutoff"]),
+            ),
+            input_modules=[spk.atomistic.PairwiseDistances()],
+            output_modules=outputs,
+        )
+
+    def items(self, molecules: list[dict]):
+        import torch
+
+        p = self.spk.properties
+        return [
+            {
+                p.idx: torch.tensor([k]),
+                p.Z: torch.from_numpy(m["numbers"]),
+                p.R: torch.from_numpy(m["positions"]),
+                p.cell: torch.zeros(1, 3, 3),
+                p.pbc: torch.zeros(1, 3, dtype=torch.bool),
+                p.n_atoms: torch.tensor([len(m["numbers"])]),
+            }
+            for k, m in enumerate(molecules)
+        ]
+
+    def prepare(self, items):
+        return self.collate([self.neighbors(dict(item)) for item in items])
+
+    def energy(self, inputs):
+        return self.model(inputs)["energy"]
+
+    def energy_forces(self, inputs, create_graph: bool):
+        out = self.model(inputs)  # Forces keeps the graph when the model is in training mode
+        return out["energy"], out["forces"]
+
+
+def make_adapter(package: str, forces: bool):
+    if package == "atomnet":
+        return AtomnetAdapter()
+    if package == "pyg":
+        return PygAdapter()
+    if package == "schnetpack":
+        return SchnetpackAdapter(forces)
+    raise ValueError(f"unknown package {package!r}")
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def rss_mib() -> float:
+    """Current resident set size (MiB) from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed_passes(step, batches, warmup: int, repeats: int) -> list[float]:
+    """Seconds per pass of ``step`` over every batch, ``repeats`` passes after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        for b in batches:
+            step(b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            step(b)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def model_worker(case: str, package: str, args) -> dict:
+    import torch
+
+    kind, forces, system = CASES[case]
+    torch.manual_seed(0)
+    adapter = make_adapter(package, forces)
+    model = adapter.model.train(kind == "train")
+    n_params = sum(p.numel() for p in model.parameters())
+    molecules = raw_molecules(system, args.batches * args.batch_size)
+    chunks = [molecules[k : k + args.batch_size] for k in range(0, len(molecules), args.batch_size)]
+    items = [adapter.items(c) for c in chunks]
+    targets = [
+        (
+            torch.tensor([m["energy"] for m in c], dtype=torch.float32),
+            torch.from_numpy(np.concatenate([m["forces"] for m in c])),
+        )
+        for c in chunks
+    ]
+    prebuilt = [
+        adapter.prepare(it, prebuilt=True) if package == "pyg" else adapter.prepare(it) for it in items
+    ]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def run(inputs, target):
+        if kind == "infer":
+            energy, f = adapter.energy_forces(inputs, create_graph=False)
+            return float(energy.sum()) + float(f.sum())
+        optimizer.zero_grad(set_to_none=True)
+        if forces:
+            energy, f = adapter.energy_forces(inputs, create_graph=True)
+            loss = torch.nn.functional.mse_loss(energy, target[0]) + torch.nn.functional.mse_loss(
+                f, target[1]
+            )
+        else:
+            loss = torch.nn.functional.mse_loss(adapter.energy(inputs), target[0])
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    rss_before = rss_mib()
+    n_mol = len(molecules)
+    model_times = timed_passes(
+        lambda k: run(prebuilt[k], targets[k]), range(len(items)), args.warmup, args.repeats
+    )
+    e2e_times = timed_passes(
+        lambda k: run(adapter.prepare(items[k]), targets[k]), range(len(items)), 1, args.repeats
+    )
+    result = dict(
+        n_params=n_params,
+        n_molecules=n_mol,
+        batch_size=args.batch_size,
+        n_atoms=int(sum(len(m["numbers"]) for m in molecules)),
+        model_seconds=model_times,
+        end_to_end_seconds=e2e_times,
+        model_mol_per_s=n_mol / statistics.median(model_times),
+        end_to_end_mol_per_s=n_mol / statistics.median(e2e_times),
+        rss_before_mib=rss_before,
+        peak_rss_mib=peak_rss_mib(),
+    )
+    if package == "atomnet" and case == "train_energy_qm9":
+        result.update(flop_ceiling(lambda: run(prebuilt[0], targets[0]), prebuilt[0], n_params))
+    return result
+
+
+def flop_ceiling(step, batch, n_params: int) -> dict:
+    """Matrix-product FLOPs of one training step (forward + backward + Adam) and the measured float32 GEMM rate
+    of this CPU at the model's two shapes: (n_atoms × 128) @ (128 × 128) and (n_pairs × 50) @ (50 × 128)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    rates = []
+    for rows, inner in ((batch.numbers.numel(), 128), (batch.pair_i.numel() // 2, HP["n_rbf"])):
+        a, b = torch.randn(rows, inner), torch.randn(inner, 128)
+        for _ in range(3):
+            a @ b
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            a @ b
+            n += 1
+        rates.append(2 * rows * inner * 128 * n / (time.perf_counter() - t0))
+    return dict(
+        step_matmul_flops=flops,
+        gemm_flops_per_s=rates,
+        batch_atoms=batch.numbers.numel(),
+        batch_pairs=batch.pair_i.numel(),
+    )
+
+
+def load_worker(package: str, args) -> dict:
+    """One epoch over ``args.load_molecules`` QM9 molecules from the package's own store (written untimed)."""
+    import torch
+
+    molecules = raw_molecules("qm9", args.load_molecules)
+    tmp = tempfile.TemporaryDirectory()
+    if package == "atomnet":
+        from atomnet.data.dataset import StoreDataset, make_loader
+        from atomnet.data.qm9 import read_qm9_tarball
+        from atomnet.data.store import write_store
+
+        path = Path(tmp.name) / "qm9.h5"
+        write_store(read_qm9_tarball(QM9, limit=args.load_molecules, progress=False), path, progress=False)
+        dataset = StoreDataset(path, cutoff=HP["cutoff"], targets=["U0"], energy_key="U0")
+        loader = make_loader(dataset, args.batch_size)
+
+        def epoch():
+            return sum(b.pair_i.numel() for b in loader)
+
+    elif package == "schnetpack":
+        from ase import Atoms
+
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_md import import_schnetpack
+
+        spk = import_schnetpack()
+        import schnetpack.transform as trn
+
+        path = str(Path(tmp.name) / "qm9.db")
+        data = spk.data.ASEAtomsData.create(path, distance_unit="Ang", property_unit_dict={"energy_U0": "eV"})
+        data.add_systems(
+            [{"energy_U0": np.array([m["energy"]])} for m in molecules],
+            [Atoms(numbers=m["numbers"], positions=m["positions"]) for m in molecules],
+        )
+        dataset = spk.data.ASEAtomsData(
+            path, transforms=[trn.MatScipyNeighborList(cutoff=HP["cutoff"]), trn.CastTo32()]
+        )
+        loader = spk.data.AtomsLoader(dataset, batch_size=args.batch_size)
+
+        def epoch():
+            return sum(b[spk.properties.idx_i].numel() for b in loader)
+
+    elif package == "pyg":
+        from torch_geometric.data import Data, InMemoryDataset
+        from torch_geometric.loader import DataLoader
+
+        class QM9Subset(InMemoryDataset):
+            def __init__(self, root: str):
+                super().__init__(root)
+                self.load(self.processed_paths[0])
+
+            @property
+            def processed_file_names(self):
+                return ["qm9.pt"]
+
+            def process(self):
+                self.save(
+                    [
+                        Data(
+                            z=torch.from_numpy(m["numbers"]),
+                            pos=torch.from_numpy(m["positions"]),
+                            y=torch.tensor([m["energy"]], dtype=torch.float32),
+                        )
+                        for m in molecules
+                    ],
+                    self.processed_paths[0],
+                )
+
+        QM9Subset(tmp.name)  # processes and saves
+        loader = DataLoader(QM9Subset(tmp.name), batch_size=args.batch_size)
+
+        def epoch():
+            total = 0
+            for b in loader:
+                total += radius_pairs(b.pos, b.batch, torch.bincount(b.batch), HP["cutoff"])[0].numel()
+            return total
+
+    else:
+        raise ValueError(package)
+    rss_before = rss_mib()
+    n_pairs = epoch()
+    times = timed_passes(lambda _: epoch(), [None], 1, args.repeats)
+    tmp.cleanup()
+    return dict(
+        n_molecules=args.load_molecules,
+        n_pairs=n_pairs,
+        end_to_end_seconds=times,
+        end_to_end_mol_per_s=args.load_molecules / statistics.median(times),
+        rss_before_mib=rss_before,
+        peak_rss_mib=peak_rss_mib(),
+    )
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    case, package = args.worker
+    result = load_worker(package, args) if CASES[case][0] == "load" else model_worker(case, package, args)
+    result["torch_threads"] = torch.get_num_threads()
+    result["tcmalloc"] = TCMALLOC in os.environ.get("LD_PRELOAD", "")
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------------------------- parent
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("atomnet", "torch", "schnetpack", "torch_geometric", "ase", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def run_worker(case: str, package: str, args) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(args.threads)
+    lib = ctypes.util.find_library("tcmalloc_minimal")
+    if not args.no_tcmalloc and lib:
+        path = next(
+            p for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib") if Path(p, TCMALLOC).exists()
+        )
+        env["LD_PRELOAD"] = str(Path(path, TCMALLOC))
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_path = f.name
+    command = [
+        sys.executable, __file__, "--worker", case, package, "--result", result_path,
+        "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+        "--batches", str(args.batches), "--batch-size", str(args.batch_size),
+        "--load-molecules", str(args.load_molecules),
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            return dict(error=(lines or [f"exit {proc.returncode}"])[-1][:300])
+        result = json.loads(Path(result_path).read_text())
+    finally:
+        Path(result_path).unlink(missing_ok=True)
+    result["process_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def ratios(results: dict) -> dict:
+    """For each case and row: atomnet / best peer throughput, and atomnet / smallest peer peak RSS."""
+    out = {}
+    for case, by_package in results.items():
+        mine = by_package.get("atomnet", {})
+        peers = {p: r for p, r in by_package.items() if p != "atomnet" and "error" not in r}
+        entry = {}
+        for row in ("model_mol_per_s", "end_to_end_mol_per_s"):
+            speeds = {p: r[row] for p, r in peers.items() if row in r}
+            if row in mine and speeds:
+                best = max(speeds, key=speeds.get)
+                entry[row] = dict(ratio=mine[row] / speeds[best], best_peer=best)
+        rss = {p: r["peak_rss_mib"] for p, r in peers.items()}
+        if "peak_rss_mib" in mine and rss:
+            low = min(rss, key=rss.get)
+            entry["peak_rss"] = dict(ratio=mine["peak_rss_mib"] / rss[low], best_peer=low)
+        out[case] = entry
+    return out
+
+
+def ceiling(results: dict) -> dict | None:
+    r = results.get("train_energy_qm9", {}).get("atomnet", {})
+    if "step_matmul_flops" not in r:
+        return None
+    rate = min(r["gemm_flops_per_s"])  # the slower of the two shapes bounds a step that needs both
+    steps_per_s = r["model_mol_per_s"] / r["batch_size"]
+    achieved = r["step_matmul_flops"] * steps_per_s
+    ceiling_mol_s = rate / r["step_matmul_flops"] * r["batch_size"]
+    return dict(
+        step_matmul_gflop=r["step_matmul_flops"] / 1e9,
+        gemm_gflop_per_s=[x / 1e9 for x in r["gemm_flops_per_s"]],
+        ceiling_mol_per_s=ceiling_mol_s,
+        achieved_gflop_per_s=achieved / 1e9,
+        fraction=achieved / rate,
+    )
+
+
+ROW_NAMES = {"model_mol_per_s": "model", "end_to_end_mol_per_s": "end to end"}
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Side-by-side benchmark: atomnet vs schnetpack vs PyG ({report['date']})",
+        "",
+        f"CPU: {report['cpu']}; {report['threads']} torch threads; tcmalloc: {report['tcmalloc']}; "
+        f"median of {report['repeats']} passes after warm-up. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| case | row | atomnet | PyG | schnetpack | atomnet / best peer |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for case, by_package in report["results"].items():
+        rows = ["end_to_end_mol_per_s"] if CASES[case][0] == "load" else list(ROW_NAMES)
+        for row in rows:
+            cells = []
+            for p in PACKAGES:
+                r = by_package.get(p, {})
+                cells.append(f"{r[row]:,.0f}" if row in r else ("error" if "error" in r else "—"))
+            ratio = report["ratios"][case].get(row)
+            lines.append(
+                f"| {case} | {ROW_NAMES[row]} (molecules/s) | {' | '.join(cells)} | "
+                + (f"{ratio['ratio']:.2f}× ({ratio['best_peer']})" if ratio else "—")
+                + " |"
+            )
+        cells = [
+            f"{by_package[p]['peak_rss_mib']:,.0f}" if "peak_rss_mib" in by_package.get(p, {}) else "—"
+            for p in PACKAGES
+        ]
+        ratio = report["ratios"][case].get("peak_rss")
+        lines.append(
+            f"| {case} | peak RSS (MiB) | {' | '.join(cells)} | "
+            + (f"{ratio['ratio']:.2f}× ({ratio['best_peer']})" if ratio else "—")
+            + " |"
+        )
+    load = report["results"].get("load_qm9", {})
+    if "end_to_end_mol_per_s" in load.get("atomnet", {}) and "end_to_end_mol_per_s" in load.get(
+        "schnetpack", {}
+    ):
+        ratio = load["atomnet"]["end_to_end_mol_per_s"] / load["schnetpack"]["end_to_end_mol_per_s"]
+        lines.append(f"\nload_qm9, atomnet / schnetpack: {ratio:,.0f}×")
+    errors = [
+        (c, p, r["error"]) for c, bp in report["results"].items() for p, r in bp.items() if "error" in r
+    ]
+    for case, package, error in errors:
+        lines.append(f"\n{case} / {package} failed: `{error}`")
+    c = report.get("ceiling")
+    if c:
+        lines += [
+            "",
+            f"Throughput ceiling for train_energy_qm9 from matrix-product FLOPs: {c['step_matmul_gflop']:.2f} GFLOP "
+            f"per step of 100 molecules; this CPU's float32 GEMM rate at the model's shapes "
+            f"{' and '.join(f'{x:.1f}' for x in c['gemm_gflop_per_s'])} GFLOP/s, so at most "
+            f"{c['ceiling_mol_per_s']:,.0f} molecules/s; atomnet reaches {c['achieved_gflop_per_s']:.1f} GFLOP/s, "
+            f"**{100 * c['fraction']:.0f} %** of the ceiling.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values, colors = [], [], []
+    for case, entry in report["ratios"].items():
+        for row, name in (*ROW_NAMES.items(), ("peak_rss", "peak RSS")):
+            if row in entry:
+                labels.append(f"{case}\n{name} vs {entry[row]['best_peer']}")
+                values.append(entry[row]["ratio"])
+                colors.append("tab:gray" if row == "peak_rss" else "tab:blue")
+    fig, ax = plt.subplots(figsize=(7, 0.38 * len(labels) + 1.2))
+    y = np.arange(len(labels))
+    ax.barh(y, values, color=colors)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.axvline(2.0, color="tab:green", lw=0.8, ls="--", label="speed target 2×")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("atomnet / best peer (speed: higher is better; memory: lower is better)")
+    ax.set_title(f"atomnet vs schnetpack / PyG, {report['threads']} threads, {report['date']}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
+    parser.add_argument("--packages", default=",".join(PACKAGES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed passes before the model row")
+    parser.add_argument("--batches", type=int, default=10, help="batches per pass")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--load-molecules", type=int, default=2000)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per (case, package) process")
+    parser.add_argument("--no-tcmalloc", action="store_true")
+    parser.add_argument("--out", default=str(OUT), help="folder for peers.json, peers.md, peers.png")
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "PACKAGE"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return {}
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    packages = [p.strip() for p in args.packages.split(",") if p.strip()]
+    unknown = sorted(set(cases) - set(CASES)) + sorted(set(packages) - set(PACKAGES))
+    if unknown:
+        parser.error(f"unknown case or package: {', '.join(unknown)}")
+
+    from tqdm.auto import tqdm
+
+    results: dict[str, dict] = {}
+    jobs = [(c, p) for c in cases for p in packages]
+    for case, package in tqdm(jobs, desc="bench_peers", unit="run"):
+        results.setdefault(case, {})[package] = r = run_worker(case, package, args)
+        tqdm.write(f"{case:24s} {package:11s} " + (
+            f"error: {r['error']}" if "error" in r else
+            " ".join(f"{ROW_NAMES[k]} {r[k]:,.0f} mol/s" for k in ROW_NAMES if k in r)
+            + f"  peak {r['peak_rss_mib']:,.0f} MiB"
+        ))  # fmt: skip
+    for case, by_package in results.items():
+        counts = {p: r["n_params"] for p, r in by_package.items() if "n_params" in r}
+        if len(set(counts.values())) > 1:
+            raise SystemExit(f"bench_peers: parameter counts differ in {case}: {counts}")
+    report = dict(
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        cpu=cpu_name(),
+        threads=args.threads,
+        repeats=args.repeats,
+        tcmalloc=any(r.get("tcmalloc") for bp in results.values() for r in bp.values()),
+        versions=versions(),
+        hyperparameters=HP,
+        command="python scripts/bench_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        results=results,
+        ratios=ratios(results),
+        ceiling=ceiling(results),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "peers.json", json.dumps(report, indent=1))
+    write_atomic(out / "peers.md", markdown(report))
+    plot(report, out / "peers.png")
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
