@@ -17,6 +17,7 @@ from atomnet import keys
 from atomnet.data.batch import AtomsBatch
 from atomnet.errors import ModelInputError
 from atomnet.models.base import AtomisticModel
+from atomnet.runtime import tune_allocator
 
 
 def check_batch(batch: AtomsBatch, cutoff: float) -> None:
@@ -133,6 +134,7 @@ class Potential(nn.Module):
     def __init__(self, model: AtomisticModel):
         super().__init__()
         self.model = model
+        tune_allocator()  # once per process: keep freed tensors' pages (atomnet/runtime.py)
 
     @property
     def cutoff(self) -> float:
