@@ -76,3 +76,47 @@ def test_epoch_workers_script_counts_every_molecule_and_each_process(shared_data
             assert 0 < mem["rss_anon_mib"] <= mem["peak_rss_mib"]
     assert script.main([str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5: no such store" in capsys.readouterr().err
+
+
+def test_bench_peers_radius_pairs_match_atomnet_pairs(shared_data):
+    """The pure-torch radius graph handed to PyG (``scripts/bench_peers.py``) finds exactly atomnet's pairs."""
+    import torch
+
+    from atomnet.data.batch import make_batch
+
+    script = load_script("bench_peers")
+    molecules = script.raw_molecules("qm9", 50)
+    items = script.AtomnetAdapter().items(molecules)
+    batch = make_batch(
+        torch.from_numpy(items["numbers"]),
+        torch.from_numpy(items["positions"]),
+        torch.from_numpy(items["n_atoms"]),
+        2.5,
+    )
+    i, j = script.radius_pairs(batch.positions, batch.molecule, batch.n_atoms, 2.5)
+    mine = set(zip(batch.pair_i.tolist(), batch.pair_j.tolist(), strict=True))
+    assert mine == set(zip(i.tolist(), j.tolist(), strict=True)) and len(mine) == i.numel() > 0
+
+
+def test_bench_peers_atomnet_only_report(shared_data, tmp_path):
+    """A tiny atomnet-only run writes the JSON, Markdown and PNG reports with the FLOP-ceiling figures."""
+    import json
+
+    script = load_script("bench_peers")
+    argv = [
+        "--packages",
+        "atomnet",
+        "--cases",
+        "train_energy_qm9,infer_forces_ethanol,load_qm9",
+        "--repeats",
+        "1",
+    ]
+    script.main([*argv, "--warmup", "1", "--batches", "1", "--batch-size", "20", "--load-molecules", "40",
+                 "--threads", "1", "--out", str(tmp_path)])  # fmt: skip
+    report = json.loads((tmp_path / "peers.json").read_text())
+    train = report["results"]["train_energy_qm9"]["atomnet"]
+    assert train["n_molecules"] == 20 and train["model_mol_per_s"] > 0 and train["peak_rss_mib"] > 0
+    assert report["results"]["load_qm9"]["atomnet"]["n_molecules"] == 40
+    assert 0 < report["ceiling"]["fraction"] < 1.5 and report["ceiling"]["step_matmul_gflop"] > 0
+    assert "train_energy_qm9" in (tmp_path / "peers.md").read_text()
+    assert (tmp_path / "peers.png").read_bytes().startswith(b"\x89PNG")
