@@ -60,7 +60,9 @@ SHARED = ROOT.parent / "shared" / "data"
 QM9 = SHARED / "qm9" / "qm9_subset.tar.bz2"
 ETHANOL = SHARED / "md17" / "ethanol_dft_1200.xyz"
 OUT = ROOT / "docs" / "performance"
-PACKAGES = ("atomnet", "pyg", "schnetpack")
+PACKAGES = ("atomnet", "atomnet_tabulated", "pyg", "schnetpack")
+#: atomnet with tabulated filters (cubic Hermite tables of the filter networks): inference cases only
+INFER_ONLY = {"atomnet_tabulated"}
 HP = dict(n_atom_basis=128, n_filters=128, n_interactions=3, n_rbf=50, cutoff=5.0)
 CASES = {
     "train_energy_qm9": ("train", False, "qm9"),
@@ -143,13 +145,15 @@ def radius_pairs(pos, batch, n_atoms, cutoff: float):
 
 # ----------------------------------------------------------------------------------------------- adapters
 class AtomnetAdapter:
-    """atomnet: ``SchNet`` inside ``Potential`` (forces by autograd), batches from ``make_batch``."""
+    """atomnet: ``SchNet`` inside ``Potential`` (forces by autograd), batches from ``make_batch``; ``tabulate``:
+    the filter networks replaced by tables (:func:`atomnet.models.tabulate_filters`, inference only)."""
 
-    def __init__(self):
-        from atomnet.models import SchNet
+    def __init__(self, tabulate: bool = False):
+        from atomnet.models import SchNet, tabulate_filters
         from atomnet.potential import Potential
 
-        self.model = Potential(SchNet(**HP, max_z=99))
+        model = SchNet(**HP, max_z=99)
+        self.model = Potential(tabulate_filters(model) if tabulate else model)
 
     def items(self, molecules: list[dict]):
         return dict(
@@ -298,8 +302,8 @@ class SchnetpackAdapter:
 
 
 def make_adapter(package: str, forces: bool):
-    if package == "atomnet":
-        return AtomnetAdapter()
+    if package in ("atomnet", "atomnet_tabulated"):
+        return AtomnetAdapter(tabulate=package == "atomnet_tabulated")
     if package == "pyg":
         return PygAdapter()
     if package == "schnetpack":
@@ -341,7 +345,7 @@ def model_worker(case: str, package: str, args) -> dict:
     torch.manual_seed(0)
     adapter = make_adapter(package, forces)
     model = adapter.model.train(kind == "train")
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters()) if package not in INFER_ONLY else None
     molecules = raw_molecules(system, args.batches * args.batch_size)
     chunks = [molecules[k : k + args.batch_size] for k in range(0, len(molecules), args.batch_size)]
     items = [adapter.items(c) for c in chunks]
@@ -583,21 +587,23 @@ def run_worker(case: str, package: str, args) -> dict:
 
 
 def ratios(results: dict) -> dict:
-    """For each case and row: atomnet / best peer throughput, and atomnet / smallest peer peak RSS."""
+    """For each case and row: atomnet / best peer throughput, and atomnet / smallest peer peak RSS; for the
+    inference cases also atomnet with tabulated filters / best peer (keys prefixed ``tabulated_``)."""
     out = {}
     for case, by_package in results.items():
-        mine = by_package.get("atomnet", {})
-        peers = {p: r for p, r in by_package.items() if p != "atomnet" and "error" not in r}
+        peers = {p: r for p, r in by_package.items() if not p.startswith("atomnet") and "error" not in r}
         entry = {}
-        for row in ("model_mol_per_s", "end_to_end_mol_per_s"):
-            speeds = {p: r[row] for p, r in peers.items() if row in r}
-            if row in mine and speeds:
-                best = max(speeds, key=speeds.get)
-                entry[row] = dict(ratio=mine[row] / speeds[best], best_peer=best)
-        rss = {p: r["peak_rss_mib"] for p, r in peers.items()}
-        if "peak_rss_mib" in mine and rss:
-            low = min(rss, key=rss.get)
-            entry["peak_rss"] = dict(ratio=mine["peak_rss_mib"] / rss[low], best_peer=low)
+        for variant, prefix in (("atomnet", ""), ("atomnet_tabulated", "tabulated_")):
+            mine = by_package.get(variant, {})
+            for row in ("model_mol_per_s", "end_to_end_mol_per_s"):
+                speeds = {p: r[row] for p, r in peers.items() if row in r}
+                if row in mine and speeds:
+                    best = max(speeds, key=speeds.get)
+                    entry[prefix + row] = dict(ratio=mine[row] / speeds[best], best_peer=best)
+            rss = {p: r["peak_rss_mib"] for p, r in peers.items()}
+            if "peak_rss_mib" in mine and rss:
+                low = min(rss, key=rss.get)
+                entry[prefix + "peak_rss"] = dict(ratio=mine["peak_rss_mib"] / rss[low], best_peer=low)
         out[case] = entry
     return out
 
@@ -622,6 +628,15 @@ def ceiling(results: dict) -> dict | None:
 ROW_NAMES = {"model_mol_per_s": "model", "end_to_end_mol_per_s": "end to end"}
 
 
+def _ratio_cells(entry: dict, row: str) -> str:
+    """The two ratio cells (atomnet, tabulated atomnet) of one table row."""
+    cells = []
+    for key in (row, "tabulated_" + row):
+        ratio = entry.get(key)
+        cells.append(f"{ratio['ratio']:.2f}× ({ratio['best_peer']})" if ratio else "—")
+    return " | ".join(cells)
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Side-by-side benchmark: atomnet vs schnetpack vs PyG ({report['date']})",
@@ -632,8 +647,8 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        "| case | row | atomnet | PyG | schnetpack | atomnet / best peer |",
-        "|---|---|---:|---:|---:|---:|",
+        "| case | row | atomnet | atomnet tabulated | PyG | schnetpack | atomnet / best peer | tabulated / best peer |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for case, by_package in report["results"].items():
         rows = ["end_to_end_mol_per_s"] if CASES[case][0] == "load" else list(ROW_NAMES)
@@ -642,20 +657,18 @@ def markdown(report: dict) -> str:
             for p in PACKAGES:
                 r = by_package.get(p, {})
                 cells.append(f"{r[row]:,.0f}" if row in r else ("error" if "error" in r else "—"))
-            ratio = report["ratios"][case].get(row)
             lines.append(
                 f"| {case} | {ROW_NAMES[row]} (molecules/s) | {' | '.join(cells)} | "
-                + (f"{ratio['ratio']:.2f}× ({ratio['best_peer']})" if ratio else "—")
+                + _ratio_cells(report["ratios"][case], row)
                 + " |"
             )
         cells = [
             f"{by_package[p]['peak_rss_mib']:,.0f}" if "peak_rss_mib" in by_package.get(p, {}) else "—"
             for p in PACKAGES
         ]
-        ratio = report["ratios"][case].get("peak_rss")
         lines.append(
             f"| {case} | peak RSS (MiB) | {' | '.join(cells)} | "
-            + (f"{ratio['ratio']:.2f}× ({ratio['best_peer']})" if ratio else "—")
+            + _ratio_cells(report["ratios"][case], "peak_rss")
             + " |"
         )
     load = report["results"].get("load_qm9", {})
@@ -690,11 +703,12 @@ def plot(report: dict, path: Path) -> None:
 
     labels, values, colors = [], [], []
     for case, entry in report["ratios"].items():
-        for row, name in (*ROW_NAMES.items(), ("peak_rss", "peak RSS")):
+        rows = (*ROW_NAMES.items(), ("peak_rss", "peak RSS"))
+        for row, name in (*rows, *((f"tabulated_{r}", f"{n}, tabulated") for r, n in rows)):
             if row in entry:
                 labels.append(f"{case}\n{name} vs {entry[row]['best_peer']}")
                 values.append(entry[row]["ratio"])
-                colors.append("tab:gray" if row == "peak_rss" else "tab:blue")
+                colors.append("tab:gray" if row.endswith("peak_rss") else "tab:blue")
     fig, ax = plt.subplots(figsize=(7, 0.38 * len(labels) + 1.2))
     y = np.arange(len(labels))
     ax.barh(y, values, color=colors)
@@ -746,7 +760,7 @@ def main(argv: list[str] | None = None) -> dict:
     from tqdm.auto import tqdm
 
     results: dict[str, dict] = {}
-    jobs = [(c, p) for c in cases for p in packages]
+    jobs = [(c, p) for c in cases for p in packages if p not in INFER_ONLY or CASES[c][0] == "infer"]
     for case, package in tqdm(jobs, desc="bench_peers", unit="run"):
         results.setdefault(case, {})[package] = r = run_worker(case, package, args)
         tqdm.write(f"{case:24s} {package:11s} " + (
@@ -755,7 +769,7 @@ def main(argv: list[str] | None = None) -> dict:
             + f"  peak {r['peak_rss_mib']:,.0f} MiB"
         ))  # fmt: skip
     for case, by_package in results.items():
-        counts = {p: r["n_params"] for p, r in by_package.items() if "n_params" in r}
+        counts = {p: r["n_params"] for p, r in by_package.items() if r.get("n_params") is not None}
         if len(set(counts.values())) > 1:
             raise SystemExit(f"bench_peers: parameter counts differ in {case}: {counts}")
     report = dict(
