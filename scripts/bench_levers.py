@@ -1,0 +1,240 @@
+"""Before/after timings of the speed levers tried for SchNet training on CPU (``docs/performance.md``).
+
+Same model and batches as ``scripts/bench_peers.py`` (SchNet 128/128/3/50/5 Å, batches of 100 molecules, Adam):
+energy training on QM9 molecules and energy + force training on perturbed copies of the 21-atom C7H12O2. Each
+variant runs in its own process (the allocator is a per-process choice) and reports the median milliseconds per
+training step over ``--repeats`` passes of 5 batches after 2 warm-up passes.
+
+Variants:
+
+- ``baseline``: atomnet as shipped (glibc malloc tuned by ``atomnet.runtime.tune_allocator``);
+- ``glibc-default``: ``ATOMNET_MALLOC=default`` (glibc's own mmap/trim thresholds);
+- ``tcmalloc``: ``libtcmalloc_minimal.so.4`` preloaded (if installed);
+- ``chunked-pairs``: the filter network and cfconv evaluated over blocks of ``--chunk`` unordered pairs, so the
+  (pairs × F) intermediates of a block could stay in cache;
+- ``one-first-layer``: the first layer of all filter networks as one (n_rbf → T·F) matrix product (they share the
+  radial basis), split per interaction;
+- ``fused-cfconv``: gather × filter → neighbour sum as one autograd function that saves only the atom features
+  and the filters (not the (pairs × F) gathered features) and recomputes the gathers in its backward, which is
+  itself differentiable (its input gradient is the same function with i and j swapped), so force training's
+  double backward works; gives the same energies, forces and parameter gradients (checked in float64);
+- ``compiled``: ``torch.compile(dynamic=True)`` of the energy model (energy training only: torch.compile does not
+  support the double backward of force training).
+
+    python scripts/bench_levers.py --threads 2 --json docs/performance/levers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = (
+    "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "fused-cfconv", "compiled"
+)  # fmt: skip
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+def patch_chunked(chunk: int) -> None:
+    """SchNetInteraction.forward over blocks of ``chunk`` unordered pairs (mirrored batches)."""
+    from atomnet.models import schnet
+
+    def forward(self, x, rbf, fcut, pair_i, pair_j):
+        import torch
+
+        h = rbf.shape[0]
+        features = self.in2f(x)
+        out = features.new_zeros(features.shape)
+        for a in range(0, h, chunk):
+            b = min(a + chunk, h)
+            filters = self.filter_network(rbf[a:b], fcut[a:b])
+            i = torch.cat([pair_i[a:b], pair_i[h + a : h + b]])
+            j = torch.cat([pair_j[a:b], pair_j[h + a : h + b]])
+            out = out.index_add(0, i, self.cfconv.product(self.cfconv.gather(features, j), filters))
+        return self.residual(x, self.f2out(out))
+
+    schnet.SchNetInteraction.forward = forward
+
+
+def patch_one_first_layer() -> None:
+    """SchNet.atomic_outputs with the first filter layers of all interactions as one matrix product."""
+    import torch
+
+    from atomnet.models import schnet
+
+    def atomic_outputs(self, batch, vectors):
+        rbf, fcut = self.radial(batch, vectors)
+        x = self.embedding(batch.numbers)
+        firsts = [it.filter_network.net[0] for it in self.interactions]
+        hidden = torch.nn.functional.linear(
+            rbf, torch.cat([f.weight for f in firsts]), torch.cat([f.bias for f in firsts])
+        ).split(firsts[0].out_features, dim=1)
+        for it, h in zip(self.interactions, hidden, strict=True):
+            net = it.filter_network.net
+            filters = net[2](net[1](h)) * fcut[:, None]
+            x = it.residual(x, it.f2out(it.cfconv(it.in2f(x), filters, batch.pair_i, batch.pair_j)))
+        return self.output(x).squeeze(-1), {}
+
+    schnet.SchNet.atomic_outputs = atomic_outputs
+
+
+def patch_fused_cfconv() -> None:
+    """CFConv.forward as one autograd function (see the module docstring)."""
+    import torch
+
+    from atomnet.nn import cfconv
+
+    class FusedCFConv(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, filters, i, j):
+            gathered, n = x.index_select(0, j), filters.shape[0]
+            if gathered.shape[0] == 2 * n:  # mirrored pairs: one filter for both directions
+                messages = (gathered.view(2, n, -1) * filters).view(2 * n, -1)
+            else:
+                messages = gathered * filters
+            ctx.save_for_backward(x, filters, i, j)
+            return x.new_zeros(x.shape[0], messages.shape[1]).index_add_(0, i, messages)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, filters, i, j = ctx.saved_tensors
+            grad_x = grad_filters = None
+            if ctx.needs_input_grad[0]:
+                grad_x = FusedCFConv.apply(grad, filters, j, i)
+            if ctx.needs_input_grad[1]:
+                product, n = grad.index_select(0, i) * x.index_select(0, j), filters.shape[0]
+                grad_filters = product.view(2, n, -1).sum(0) if product.shape[0] == 2 * n else product
+            return grad_x, grad_filters, None, None
+
+    cfconv.CFConv.forward = lambda self, x, filters, pair_i, pair_j: FusedCFConv.apply(
+        x, filters, pair_i, pair_j
+    )
+
+
+def worker(variant: str, forces: bool, args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    if variant == "chunked-pairs":
+        patch_chunked(args.chunk)
+    if variant == "one-first-layer":
+        patch_one_first_layer()
+    if variant == "fused-cfconv":
+        patch_fused_cfconv()
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_peers
+
+    torch.manual_seed(0)
+    adapter = bench_peers.AtomnetAdapter()
+    potential = adapter.model.train()
+    molecules = bench_peers.raw_molecules("c7h12o2" if forces else "qm9", 500)
+    chunks = [molecules[k : k + 100] for k in range(0, 500, 100)]
+    batches = [adapter.prepare(adapter.items(c)) for c in chunks]
+    energies = [torch.tensor([m["energy"] for m in c], dtype=torch.float32) for c in chunks]
+    reference_forces = [torch.from_numpy(np.concatenate([m["forces"] for m in c])) for c in chunks]
+    optimizer = torch.optim.Adam(potential.parameters(), lr=1e-4)
+    model = potential.model
+    energy = torch.compile(lambda b: model(b)["energy"], dynamic=True) if variant == "compiled" else None
+
+    def step(k: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        mse = torch.nn.functional.mse_loss
+        if forces:
+            out = potential(batches[k], forces=True, create_graph=True)
+            loss = mse(out["energy"], energies[k]) + mse(out["forces"], reference_forces[k])
+        else:
+            loss = mse(energy(batches[k]) if energy else adapter.energy(batches[k]), energies[k])
+        loss.backward()
+        optimizer.step()
+
+    t0 = time.perf_counter()
+    for _ in range(2):
+        for k in range(len(batches)):
+            step(k)
+    warmup = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for k in range(len(batches)):
+            step(k)
+        times.append((time.perf_counter() - t0) / len(batches) * 1e3)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(ms_per_step=statistics.median(times), all_ms=times, warmup_s=warmup, peak_rss_mib=peak)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=2048, help="unordered pairs per block (chunked-pairs)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "TASK"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1] == "forces", args)))
+        return {}
+    results: dict[str, dict] = {}
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        if variant not in VARIANTS:
+            parser.error(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+        if variant == "tcmalloc" and not TCMALLOC.exists():
+            print(f"tcmalloc: skipped ({TCMALLOC} not installed)")
+            continue
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        if variant == "glibc-default":
+            env["ATOMNET_MALLOC"] = "default"
+        if variant == "tcmalloc":
+            env["LD_PRELOAD"] = str(TCMALLOC)
+        for task in ("energy",) if variant == "compiled" else ("energy", "forces"):
+            command = [sys.executable, __file__, "--worker", variant, task, "--threads", str(args.threads)]
+            command += ["--repeats", str(args.repeats), "--chunk", str(args.chunk)]
+            proc = subprocess.run(command, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
+                results.setdefault(variant, {})[task] = {"error": (tail or ["failed"])[0][:300]}
+            else:
+                results.setdefault(variant, {})[task] = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = results[variant][task]
+            print(
+                f"{variant:16s} {task:7s} "
+                + (r["error"] if "error" in r else f"{r['ms_per_step']:.1f} ms/step")
+            )
+    base = results.get("baseline", {})
+    print(
+        "\n| variant | energy training (ms/step, QM9) | energy + forces (ms/step, C7H12O2) | peak RSS, forces (MiB) |"
+        "\n|---|---:|---:|---:|"
+    )
+    for variant, tasks in results.items():
+        cells = []
+        for task in ("energy", "forces"):
+            r = tasks.get(task, {})
+            if "ms_per_step" not in r:
+                cells.append(r.get("error", "—"))
+                continue
+            ref = base.get(task, {}).get("ms_per_step")
+            cells.append(f"{r['ms_per_step']:.1f}" + (f" ({ref / r['ms_per_step']:.2f}×)" if ref else ""))
+        peak = tasks.get("forces", {}).get("peak_rss_mib")
+        print(f"| {variant} | {cells[0]} | {cells[1]} | {f'{peak:,.0f}' if peak else '—'} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(json.dumps(dict(threads=args.threads, chunk=args.chunk, results=results), indent=1))
+        os.replace(tmp, args.json)
+    return results
+
+
+if __name__ == "__main__":
+    main()
