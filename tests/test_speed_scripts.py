@@ -120,3 +120,41 @@ def test_bench_peers_atomnet_only_report(shared_data, tmp_path):
     assert 0 < report["ceiling"]["fraction"] < 1.5 and report["ceiling"]["step_matmul_gflop"] > 0
     assert "train_energy_qm9" in (tmp_path / "peers.md").read_text()
     assert (tmp_path / "peers.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
+    """Each rewritten lever of ``scripts/bench_levers.py`` computes the same energies, forces and parameter
+    gradients of a force loss (double backward) as atomnet's modules, in float64."""
+    import torch
+
+    from atomnet.models import schnet
+    from atomnet.nn import cfconv
+
+    script = load_script("bench_levers")
+    peers = load_script("bench_peers")
+    originals = {
+        (cfconv.CFConv, "forward"): cfconv.CFConv.forward,
+        (schnet.SchNetInteraction, "forward"): schnet.SchNetInteraction.forward,
+        (schnet.SchNet, "atomic_outputs"): schnet.SchNet.atomic_outputs,
+    }
+    for (cls, name), fn in originals.items():
+        monkeypatch.setattr(cls, name, fn)  # restored after the test
+
+    torch.manual_seed(0)
+    adapter = peers.AtomnetAdapter()
+    potential = adapter.model.double()
+    batch = adapter.prepare(adapter.items(peers.raw_molecules("qm9", 12)))
+
+    def evaluate():
+        out = potential(batch, forces=True, create_graph=True)
+        loss = out["energy"].square().sum() + out["forces"].square().sum()
+        grads = torch.autograd.grad(loss, list(potential.parameters()))
+        return [out["energy"].detach(), out["forces"].detach(), *grads]
+
+    reference = evaluate()
+    for patch in (script.patch_fused_cfconv, script.patch_one_first_layer, lambda: script.patch_chunked(7)):
+        patch()
+        for got, want in zip(evaluate(), reference, strict=True):
+            assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+        for (cls, name), fn in originals.items():
+            setattr(cls, name, fn)
