@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-schnetpack", action="store_true")
     parser.add_argument("--model", choices=("schnet", "dtnn"), default="schnet", help="dtnn: atomnet only")
     parser.add_argument("--png", default=None, help="also draw the steps/s as bars into this PNG")
+    parser.add_argument(
+        "--json", default=None, help="also write the steps/s by system and configuration here"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd atomnet column")
     parser.add_argument(
         "--no-tabulate", action="store_true", help="skip the tabulated-filter atomnet columns"
@@ -295,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {system} | {rates} | {ratios} |")
     if args.png:
         speed_plot(table, list(systems), names, args.png)
+    if args.json:
+        from atomnet.baselines.commands import write_json
+
+        rates = {system: {n: table[system, n] for n in names} for system in systems}
+        write_json(args.json, {"steps_per_s": rates, "threads": args.threads, "schnetpack": spk_version})
     print("\ncommand: " + " ".join([os.path.basename(sys.executable), *sys.argv]))
     tmp.cleanup()
     return 0

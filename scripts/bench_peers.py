@@ -555,16 +555,22 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def run_worker(case: str, package: str, args) -> dict:
+def worker_env(args) -> dict:
+    """The environment of every measured process: threads, and tcmalloc preloaded unless ``--no-tcmalloc``."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
+    env.pop("LD_PRELOAD", None)
     lib = ctypes.util.find_library("tcmalloc_minimal")
-    if not args.no_tcmalloc and lib:
-        path = next(
-            p for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib") if Path(p, TCMALLOC).exists()
-        )
+    folders = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib")
+    path = next((p for p in folders if Path(p, TCMALLOC).exists()), None)
+    if not args.no_tcmalloc and lib and path:
         env["LD_PRELOAD"] = str(Path(path, TCMALLOC))
+    return env
+
+
+def run_worker(case: str, package: str, args) -> dict:
+    env = worker_env(args)
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result_path = f.name
     command = [
@@ -584,6 +590,21 @@ def run_worker(case: str, package: str, args) -> dict:
         Path(result_path).unlink(missing_ok=True)
     result["process_seconds"] = time.perf_counter() - t0
     return result
+
+
+def side_report(command: list[str], args) -> dict:
+    """Run another benchmark script of this folder with ``--json`` (same threads and allocator) and return its
+    JSON, or ``{"error": ...}``."""
+    env = worker_env(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "out.json")
+        script = str(ROOT / "scripts" / command[0])
+        proc = subprocess.run([sys.executable, script, *command[1:], "--json", path], env=env, text=True,
+                              capture_output=True)  # fmt: skip
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            return dict(error=(lines or [f"exit {proc.returncode}"])[-1][:300])
+        return json.loads(Path(path).read_text())
 
 
 def ratios(results: dict) -> dict:
@@ -682,6 +703,32 @@ def markdown(report: dict) -> str:
     ]
     for case, package, error in errors:
         lines.append(f"\n{case} / {package} failed: `{error}`")
+    md = report.get("md")
+    if md and "steps_per_s" in md:
+        lines += [
+            "",
+            "MD steps per second through ASE (case 4, `scripts/bench_md.py`; PyG has no ASE calculator):",
+            "",
+        ]
+        names = list(next(iter(md["steps_per_s"].values())))
+        lines += ["| system | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for system, rates in md["steps_per_s"].items():
+            lines.append(f"| {system} | " + " | ".join(f"{rates[n]:.1f}" for n in names) + " |")
+    elif md:
+        lines.append(f"\nMD benchmark failed: `{md['error']}`")
+    krr = report.get("krr")
+    if krr and "folds" in krr:
+        fold = krr["folds"][0]
+        lines += ["", f"KRR on QM7 fold 0 ({fold['n_train']} training, {fold['n_test']} test molecules, "
+                  "`scripts/bench_krr_qmllib.py`):", "", "| | atomnet | qmllib |", "|---|---:|---:|"]  # fmt: skip
+        for key, name in (
+            ("fit_seconds", "fit (s)"),
+            ("predict_seconds", "predict (s)"),
+            ("mae", "MAE (kcal/mol)"),
+        ):
+            lines.append(f"| {name} | {fold['atomnet'][key]:.3f} | {fold['qmllib'][key]:.3f} |")
+    elif krr:
+        lines.append(f"\nKRR benchmark failed: `{krr['error']}`")
     c = report.get("ceiling")
     if c:
         lines += [
@@ -744,6 +791,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--load-molecules", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per (case, package) process")
     parser.add_argument("--no-tcmalloc", action="store_true")
+    parser.add_argument(
+        "--md", action="store_true", help="also case 4: MD steps/s through ASE (scripts/bench_md.py)"
+    )
+    parser.add_argument(
+        "--krr", action="store_true", help="also KRR fit/predict vs qmllib (bench_krr_qmllib.py)"
+    )
     parser.add_argument("--out", default=str(OUT), help="folder for peers.json, peers.md, peers.png")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "PACKAGE"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -772,6 +825,11 @@ def main(argv: list[str] | None = None) -> dict:
         counts = {p: r["n_params"] for p, r in by_package.items() if r.get("n_params") is not None}
         if len(set(counts.values())) > 1:
             raise SystemExit(f"bench_peers: parameter counts differ in {case}: {counts}")
+    extra = {}
+    if args.md:
+        extra["md"] = side_report(["bench_md.py", "--threads", str(args.threads), "--repeats", "3"], args)
+    if args.krr:
+        extra["krr"] = side_report(["bench_krr_qmllib.py", "--folds-run", "1"], args)
     report = dict(
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         cpu=cpu_name(),
@@ -784,6 +842,7 @@ def main(argv: list[str] | None = None) -> dict:
         results=results,
         ratios=ratios(results),
         ceiling=ceiling(results),
+        **extra,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
