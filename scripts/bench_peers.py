@@ -60,9 +60,13 @@ SHARED = ROOT.parent / "shared" / "data"
 QM9 = SHARED / "qm9" / "qm9_subset.tar.bz2"
 ETHANOL = SHARED / "md17" / "ethanol_dft_1200.xyz"
 OUT = ROOT / "docs" / "performance"
-PACKAGES = ("atomnet", "atomnet_tabulated", "pyg", "schnetpack")
-#: atomnet with tabulated filters (cubic Hermite tables of the filter networks): inference cases only
-INFER_ONLY = {"atomnet_tabulated"}
+PACKAGES = ("atomnet", "atomnet_tabulated", "atomnet_compiled", "pyg", "schnetpack")
+#: atomnet with tabulated filters (cubic Hermite tables of the filter networks) and with the model compiled as the
+#: ASE calculator compiles it (``torch.compile(dynamic=True)`` of a frozen copy; compilation in the untimed
+#: warm-up): inference cases only
+INFER_ONLY = {"atomnet_tabulated", "atomnet_compiled"}
+#: the atomnet columns, with the prefix of their keys in the ratios
+VARIANTS = {"atomnet": "", "atomnet_tabulated": "tabulated_", "atomnet_compiled": "compiled_"}
 HP = dict(n_atom_basis=128, n_filters=128, n_interactions=3, n_rbf=50, cutoff=5.0)
 CASES = {
     "train_energy_qm9": ("train", False, "qm9"),
@@ -146,14 +150,20 @@ def radius_pairs(pos, batch, n_atoms, cutoff: float):
 # ----------------------------------------------------------------------------------------------- adapters
 class AtomnetAdapter:
     """atomnet: ``SchNet`` inside ``Potential`` (forces by autograd), batches from ``make_batch``; ``tabulate``:
-    the filter networks replaced by tables (:func:`atomnet.models.tabulate_filters`, inference only)."""
+    the filter networks replaced by tables (:func:`atomnet.models.tabulate_filters`); ``compile``: the model
+    compiled as ``AtomNetCalculator(compile=True)`` compiles it (both for inference only)."""
 
-    def __init__(self, tabulate: bool = False):
+    def __init__(self, tabulate: bool = False, compile: bool = False):
         from atomnet.models import SchNet, tabulate_filters
         from atomnet.potential import Potential
 
         model = SchNet(**HP, max_z=99)
-        self.model = Potential(tabulate_filters(model) if tabulate else model)
+        model = tabulate_filters(model) if tabulate else model
+        if compile:  # the calculator's recipe: a frozen copy (no weight gradients), one-thread element-wise kernels
+            from atomnet.calculator import _compiled
+
+            model = _compiled(model)
+        self.model = Potential(model)
 
     def items(self, molecules: list[dict]):
         return dict(
@@ -302,8 +312,8 @@ class SchnetpackAdapter:
 
 
 def make_adapter(package: str, forces: bool):
-    if package in ("atomnet", "atomnet_tabulated"):
-        return AtomnetAdapter(tabulate=package == "atomnet_tabulated")
+    if package in VARIANTS:
+        return AtomnetAdapter(tabulate=package == "atomnet_tabulated", compile=package == "atomnet_compiled")
     if package == "pyg":
         return PygAdapter()
     if package == "schnetpack":
@@ -614,7 +624,7 @@ def ratios(results: dict) -> dict:
     for case, by_package in results.items():
         peers = {p: r for p, r in by_package.items() if not p.startswith("atomnet") and "error" not in r}
         entry = {}
-        for variant, prefix in (("atomnet", ""), ("atomnet_tabulated", "tabulated_")):
+        for variant, prefix in VARIANTS.items():
             mine = by_package.get(variant, {})
             for row in ("model_mol_per_s", "end_to_end_mol_per_s"):
                 speeds = {p: r[row] for p, r in peers.items() if row in r}
@@ -650,9 +660,9 @@ ROW_NAMES = {"model_mol_per_s": "model", "end_to_end_mol_per_s": "end to end"}
 
 
 def _ratio_cells(entry: dict, row: str) -> str:
-    """The two ratio cells (atomnet, tabulated atomnet) of one table row."""
+    """The ratio cells (atomnet, tabulated, compiled) of one table row."""
     cells = []
-    for key in (row, "tabulated_" + row):
+    for key in (prefix + row for prefix in VARIANTS.values()):
         ratio = entry.get(key)
         cells.append(f"{ratio['ratio']:.2f}× ({ratio['best_peer']})" if ratio else "—")
     return " | ".join(cells)
@@ -668,8 +678,9 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        "| case | row | atomnet | atomnet tabulated | PyG | schnetpack | atomnet / best peer | tabulated / best peer |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| case | row | atomnet | atomnet tabulated | atomnet compiled | PyG | schnetpack | atomnet / best peer "
+        "| tabulated / best peer | compiled / best peer |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, by_package in report["results"].items():
         rows = ["end_to_end_mol_per_s"] if CASES[case][0] == "load" else list(ROW_NAMES)
@@ -751,7 +762,9 @@ def plot(report: dict, path: Path) -> None:
     labels, values, colors = [], [], []
     for case, entry in report["ratios"].items():
         rows = (*ROW_NAMES.items(), ("peak_rss", "peak RSS"))
-        for row, name in (*rows, *((f"tabulated_{r}", f"{n}, tabulated") for r, n in rows)):
+        variants = [(f"{prefix}{r}", f"{n}{', ' + prefix.strip('_') if prefix else ''}") for r, n in rows
+                    for prefix in VARIANTS.values()]  # fmt: skip
+        for row, name in variants:
             if row in entry:
                 labels.append(f"{case}\n{name} vs {entry[row]['best_peer']}")
                 values.append(entry[row]["ratio"])
