@@ -8,7 +8,14 @@ kcal/mol/Å): state the units with ``energy_unit=``; they are recorded in the ta
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import ase
@@ -16,6 +23,7 @@ import ase.io
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from atomnet.data.spool import Spool
 from atomnet.data.table import MoleculeTable
 from atomnet.errors import DataFormatError
 from atomnet.files import atomic_output
@@ -30,66 +38,124 @@ def _one_line(e: Exception) -> str:
 _PROPERTIES = re.compile(rb"""Properties=["']?([^\s"']+)""")
 
 
-def _check_xyz_counts(path: Path) -> None:
+def _count_rest(lines: Iterator[bytes]) -> int:
+    """How many lines are left in ``lines`` (consumed at C speed)."""
+    last = deque(enumerate(lines, 1), maxlen=1)
+    return last[0][0] if last else 0
+
+
+def _check_xyz_counts(path: Path) -> int | None:
     """Refuse an (ext)xyz frame whose atom count runs past the end of the file, or whose ``Properties`` declare
     more columns than its atom lines have, before ASE reads it: ASE counts both out one by one, so a header of
-    10^18 atoms or a ``pos:R:10^18`` would keep it busy for ever."""
-    lines = path.read_bytes().split(b"\n")
-    i = frame = 0
-    while i < len(lines) and lines[i].strip():
-        try:
-            n = int(lines[i])
-        except ValueError:
-            return  # not a count: ASE names the problem
-        if n < 0 or i + n + 2 > len(lines):
-            raise DataFormatError(
-                path,
-                f"the frame header says {n} atoms but the file has {max(len(lines) - i - 2, 0)} lines after it",
-                f"frame {frame}, line {i + 1}",
-            )
-        spec = _PROPERTIES.search(lines[i + 1]) if n else None
-        try:
-            columns = sum(int(c) for c in spec.group(1).split(b":")[2::3]) if spec else 0
-        except ValueError:
-            columns = 0  # not a count: ASE names the problem
-        if columns and columns > len(lines[i + 2].split()):
-            raise DataFormatError(
-                path,
-                f"Properties declare {columns} columns but the atom lines have {len(lines[i + 2].split())}",
-                f"frame {frame}, line {i + 2}",
-            )
-        i += n + 2
-        while i < len(lines) and lines[i].lstrip().startswith(b"VEC"):  # lattice vectors of plain xyz
-            i += 1
-        frame += 1
+    10^18 atoms or a ``pos:R:10^18`` would keep it busy for ever.
+
+    The file is walked line by line (headers are parsed, atom lines skipped), so memory stays bounded. Lines are
+    split at ``\\n`` and numbered as ``data.split(b"\\n")`` numbers them. Returns the number of frames (the walk
+    stops at a blank line, as ASE does), or ``None`` when a header is not a count: then ASE names the problem.
+    """
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(size - 1, 0))
+        last_newline = size == 0 or fh.read(1) == b"\n"
+        fh.seek(0)
+        lines = itertools.chain(fh, [b""] if last_newline else [])  # split() ends with b"" after a final \n
+        i = frame = 0
+        line = next(lines, None)
+        while line is not None and line.strip():
+            try:
+                n = int(line)
+            except ValueError:
+                return None  # not a count: ASE names the problem
+            comment = next(lines, None) if n >= 0 else None
+            first = next(lines, None) if n >= 1 and comment is not None else None
+            got = (comment is not None) + (first is not None)
+            if n >= 0 and got == min(n, 1) + 1:  # skip the other atom lines
+                got += _count_rest(itertools.islice(lines, min(n - 1, sys.maxsize))) if n > 1 else 0
+            if n < 0 or got < n + 1:
+                after = got + (_count_rest(lines) if n < 0 else 0)
+                raise DataFormatError(
+                    path,
+                    f"the frame header says {n} atoms but the file has {max(after - 1, 0)} lines after it",
+                    f"frame {frame}, line {i + 1}",
+                )
+            spec = _PROPERTIES.search(comment) if n else None
+            try:
+                columns = sum(int(c) for c in spec.group(1).split(b":")[2::3]) if spec else 0
+            except ValueError:
+                columns = 0  # not a count: ASE names the problem
+            if columns and columns > len(first.split()):
+                raise DataFormatError(
+                    path,
+                    f"Properties declare {columns} columns but the atom lines have {len(first.split())}",
+                    f"frame {frame}, line {i + 2}",
+                )
+            i += n + 2
+            line = next(lines, None)
+            while line is not None and line.lstrip().startswith(b"VEC"):  # lattice vectors of plain xyz
+                i += 1
+                line = next(lines, None)
+            frame += 1
+    return frame
 
 
-def _read_frames(path: Path, index, format: str | None):
-    """``ase.io.read(path, index)``; any failure is a :class:`DataFormatError` naming the first frame ASE cannot
-    read (when ``index`` selects frames from the first one: ``":"`` or ``":N"``)."""
-    if (format or path.suffix.lstrip(".").lower()) in ("xyz", "extxyz"):
-        _check_xyz_counts(path)
-    try:
-        return ase.io.read(path, index=index, format=format)
-    except Exception as e:  # ASE raises many types for malformed files
-        problem = f"cannot read with ASE ({_one_line(e)})"
-    where = None
-    if index == ":" or (isinstance(index, str) and re.fullmatch(r":\d+", index)):
-        k = 0
-        try:  # again frame by frame, to name the first one that fails
-            for _ in ase.io.iread(path, index=":", format=format):
-                k += 1
-        except Exception:  # noqa: BLE001 - the same failure as above
-            where = f"frame {k}"
-    raise DataFormatError(path, problem, where)
+def _head_stop(index) -> tuple[bool, int | None]:
+    """(whether ``index`` selects frames from the first one, i.e. ``":"`` or ``":N"``; N or ``None``)."""
+    if index == ":":
+        return True, None
+    if isinstance(index, str) and re.fullmatch(r":\d+", index):
+        return True, int(index[1:])
+    return False, None
 
 
-def _frame_list(path: Path, index, format) -> list[ase.Atoms]:
-    """The selected frames of ``path`` as a list (one-line errors for a missing or unreadable file)."""
+def _db_rows(path: Path, stop: int | None, page: int = 1000) -> Iterator[ase.Atoms]:
+    """The first ``stop`` (all if ``None``) rows of an ASE SQLite database in id order, as ``ase.io.iread``
+    gives them, fetched ``page`` rows at a time (ASE's own reader fetches every row at once)."""
+    import ase.db
+
+    last, left = 0, stop
+    with ase.db.connect(path, type="db", serial=True) as db:
+        while left is None or left > 0:
+            limit = page if left is None else min(page, left)
+            rows = list(db.select(f"id>{last}", sort="id", limit=limit))
+            for row in rows:
+                yield row.toatoms()
+            if len(rows) < limit:
+                return
+            last = rows[-1].id
+            left = None if left is None else left - len(rows)
+
+
+def _frames(path: Path, index, format: str | None) -> tuple[Iterator[ase.Atoms], int | None]:
+    """The selected frames of ``path`` one by one (``ase.io.iread``; an SQLite ``.db`` row page by row page)
+    and their number if known without reading them (for a progress bar).
+
+    A missing file, an (ext)xyz atom count beyond the file (:func:`_check_xyz_counts`, checked here, before
+    any frame) and any failure of ASE are one-line :class:`DataFormatError`; ASE's names the first frame it
+    cannot read when ``index`` selects frames from the first one (``":"`` or ``":N"``).
+    """
     if not path.is_file():
         raise DataFormatError(path, "file not found")
-    frames = _read_frames(path, index, format)
-    return [frames] if isinstance(frames, ase.Atoms) else list(frames)
+    kind = (format or path.suffix.lstrip(".")).lower()
+    head, stop = _head_stop(index)
+    total = _check_xyz_counts(path) if kind in ("xyz", "extxyz") else None
+    if kind == "db" and head:
+        frames = _db_rows(path, stop)
+    else:
+        frames = ase.io.iread(path, index=index, format=format)
+    if head and total is not None and stop is not None:
+        total = min(total, stop)
+    return _reported(path, frames, head), (total if head else None)
+
+
+def _reported(path: Path, frames: Iterator[ase.Atoms], name_frame: bool) -> Iterator[ase.Atoms]:
+    k = 0
+    try:
+        for atoms in frames:
+            yield atoms
+            k += 1
+    except Exception as e:  # noqa: BLE001 - ASE raises many types for malformed files
+        problem = f"cannot read with ASE ({_one_line(e)})"
+        raise DataFormatError(path, problem, f"frame {k}" if name_frame else None) from None
 
 
 def read_structure(path: str | Path) -> ase.Atoms:
@@ -127,6 +193,357 @@ def _missing_message(what: str, name: str, where: str, present: int, n: int) -> 
     return text
 
 
+def _structure_problem(path: Path, atoms: ase.Atoms, i: int) -> DataFormatError | None:
+    """The error for frame ``i`` if it has no atoms, NaN/inf coordinates or a NaN/inf cell, else ``None``."""
+    if len(atoms) == 0:
+        return DataFormatError(path, "empty structure (0 atoms)", f"frame {i}")
+    pos = atoms.get_positions()
+    if not np.isfinite(pos).all():
+        where = f"frame {i}, atom {int(np.argmax(~np.isfinite(pos).all(1)))}"
+        return DataFormatError(path, "NaN/inf coordinates", where)
+    if not np.isfinite(atoms.get_cell().array).all():
+        return DataFormatError(path, "NaN/inf in the cell (Lattice)", f"frame {i}")
+    return None
+
+
+def _energy_problem(e, name: str) -> tuple[str | None, str | None, float]:
+    """(kind, problem, value) of an energy read from a frame: kind ``"energy type"`` (not one number) or
+    ``"energy nan"`` with the message, or ``(None, None, value)``."""
+    if np.size(e) != 1 or np.asarray(e).dtype.kind not in "iuf":
+        e = np.asarray(e)
+        return (
+            "energy type",
+            f"energy {name!r} is not one number ({e.size} values of dtype {e.dtype})",
+            np.nan,
+        )
+    value = float(np.asarray(e).reshape(-1)[0])
+    if not np.isfinite(value):
+        return "energy nan", f"NaN/inf energy {name!r}", np.nan
+    return None, None, value
+
+
+def _forces_problem(f, n_atoms: int, name: str) -> str | None:
+    """What is wrong with forces read from a frame of ``n_atoms`` atoms (shape, dtype, NaN/inf), or ``None``."""
+    if np.shape(f) != (n_atoms, 3):
+        return f"forces shape {np.shape(f)}, expected ({n_atoms}, 3)"
+    if np.asarray(f).dtype.kind not in "iuf":
+        return f"forces of dtype {np.asarray(f).dtype}, expected numbers"
+    if not np.isfinite(f).all():
+        return f"NaN/inf forces {name!r}"
+    return None
+
+
+#: value problems of kept frames, in the order :func:`read_ase` reports them
+_PROBLEM_ORDER = ("energy type", "energy nan", "forces")
+
+
+@dataclass
+class Selection:
+    """What :meth:`FrameRules.finish` decided once every frame was seen: which properties are read, which
+    frames are kept, whether cells are written and where the ids come from; counts of the kept frames."""
+
+    energy: bool
+    forces: bool
+    skip_incomplete: bool
+    periodic: bool
+    file_ids: bool
+    n_frames: int
+    n_kept: int
+    n_atoms_kept: int
+    meta: dict[str, str]
+
+    def keep(self, has_energy: np.ndarray, has_forces: np.ndarray) -> np.ndarray:
+        """(n,) bool: which of n frames are kept, from whether each has the energy and the forces."""
+        keep = np.ones(len(has_energy), dtype=bool)
+        if self.skip_incomplete:
+            if self.energy:
+                keep &= has_energy
+            if self.forces:
+                keep &= has_forces
+        return keep
+
+
+class FrameRules:
+    """The checks of :func:`read_ase`, applied block by block (the one home of them, for :func:`read_ase` and
+    the streaming :func:`convert_ase`); frame numbers are global (counted over the selected frames).
+
+    :meth:`add` turns a block of frames into arrays (:func:`_block_arrays`) and notes every problem;
+    :meth:`finish` raises, once all frames are seen, exactly the error :func:`read_ase` raises for the whole
+    file: empty structures or NaN/inf coordinates or cells (the first frame), then an energy or forces present
+    in some frames but missing in others (unless ``skip_incomplete``), nothing left after skipping, an energy
+    that is not one number, a NaN/inf energy, then bad forces, each in the first *kept* frame. Which frames are
+    kept is only known at the end (a property is read if any frame has it), so problems are noted for each
+    class of frame (has the energy, has the forces) and counted per class.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        index,
+        energy_key: str | None,
+        forces_key: str | None,
+        skip_incomplete: bool,
+        format: str | None,
+    ):
+        self.path, self.index, self.skip = path, index, skip_incomplete
+        self.format = format
+        self.wanted = (
+            (
+                "energy",
+                energy_key or "energy",
+                energy_key is not None,
+                False,
+                "calculator result or info key",
+            ),
+            (
+                "forces",
+                forces_key or "forces",
+                forces_key is not None,
+                True,
+                "calculator result or per-atom array",
+            ),
+        )
+        self.n = 0
+        self.structure_error: DataFormatError | None = None
+        self.present = {"energy": 0, "forces": 0}
+        self.first_missing: dict[str, int | None] = {"energy": None, "forces": None}
+        #: [has energy, has forces] -> (frames, frames with an integer info['id'], periodic frames, atoms)
+        self.counts = np.zeros((2, 2, 4), dtype=np.int64)
+        #: (kind, has energy, has forces) -> (first frame, problem)
+        self.problems: dict[tuple[str, bool, bool], tuple[int, str]] = {}
+
+    def add(self, frames: list[ase.Atoms]) -> dict[str, np.ndarray]:
+        """Check a block of frames (the next ones of the file) and return its arrays (:func:`_block_arrays`)."""
+        (_, e_name, _, _, _), (_, f_name, _, _, _) = self.wanted
+        energies, forces, presence = [], [], []
+        for k, atoms in enumerate(frames):
+            i = self.n + k
+            if self.structure_error is None:
+                self.structure_error = _structure_problem(self.path, atoms, i)
+            e, f = (_value(atoms, name, per_atom) for _, name, _, per_atom, _ in self.wanted)
+            has = {"energy": e is not None, "forces": f is not None}
+            for what, present in has.items():
+                if present:
+                    self.present[what] += 1
+                elif self.first_missing[what] is None:
+                    self.first_missing[what] = i
+            he, hf = has["energy"], has["forces"]
+            presence.append((he, hf))
+            value = np.nan
+            if he:
+                kind, problem, value = _energy_problem(e, e_name)
+                if kind:
+                    self.problems.setdefault((kind, he, hf), (i, problem))
+            energies.append(value)
+            problem = _forces_problem(f, len(atoms), f_name) if hf else None
+            if problem:
+                self.problems.setdefault(("forces", he, hf), (i, problem))
+            forces.append(np.asarray(f, dtype=np.float64) if hf and not problem else None)
+            file_id = atoms.info.get("id")
+            self.counts[int(he), int(hf)] += (
+                1,
+                isinstance(file_id, (int, np.integer)),
+                bool(atoms.get_pbc().any()),
+                len(atoms),
+            )
+        self.n += len(frames)
+        has = np.array(presence, dtype=bool).reshape(-1, 2)
+        return _block_arrays(frames, np.array(energies, dtype=np.float64), has, forces)
+
+    def finish(self) -> Selection:
+        """Raise the error :func:`read_ase` raises for these frames, if any; else what to keep."""
+        path, n = self.path, self.n
+        if n == 0:
+            raise DataFormatError(path, f"no frames selected by index {self.index!r}")
+        if self.structure_error is not None:
+            raise self.structure_error
+        read = [w for w in self.wanted if w[2] or self.present[w[0]] > 0]
+        for what, name, _, _, where in read:
+            if not self.skip and self.present[what] < n:
+                problem = _missing_message(what, name, where, self.present[what], n)
+                raise DataFormatError(path, problem, f"frame {self.first_missing[what]}")
+        reads = {w[0] for w in read}
+        kept = [
+            (he, hf)
+            for he in (False, True)
+            for hf in (False, True)
+            if not self.skip or ((he or "energy" not in reads) and (hf or "forces" not in reads))
+        ]
+        frames, with_id, periodic, atoms = sum(self.counts[int(he), int(hf)] for he, hf in kept)
+        if frames == 0:
+            names = " and ".join(f"{w[0]} {w[1]!r}" for w in read)
+            raise DataFormatError(
+                path, f"no frame has {names}: nothing left after skipping incomplete frames"
+            )
+        for kind in _PROBLEM_ORDER:
+            found = [self.problems[(kind, he, hf)] for he, hf in kept if (kind, he, hf) in self.problems]
+            if found:
+                frame, problem = min(found)
+                raise DataFormatError(path, problem, f"frame {frame}")
+        meta = {"format": f"ase:{self.format or self.path.suffix.lstrip('.') or 'auto'}"}
+        if self.skip:
+            meta["skipped_incomplete_frames"] = str(n - int(frames))
+        return Selection(
+            energy="energy" in reads,
+            forces="forces" in reads,
+            skip_incomplete=self.skip,
+            periodic=bool(periodic),
+            file_ids=bool(with_id == frames),
+            n_frames=n,
+            n_kept=int(frames),
+            n_atoms_kept=int(atoms),
+            meta=meta,
+        )
+
+
+def _block_arrays(
+    frames: list[ase.Atoms], energies: np.ndarray, has: np.ndarray, forces: list
+) -> dict[str, np.ndarray]:
+    """Columns of a block of n frames with N atoms in all (file units, before the incomplete-frame rule):
+    per frame ``n_atoms`` (n,) int64, ``cells`` (n, 3, 3) float64, ``pbcs`` (n, 3) bool, ``file_ids`` (n,)
+    int64 (``info['id']``, 0 where it is not an integer) with ``has_id``, ``energy`` (n,) float64 (NaN where
+    absent or not a number), ``has_energy`` and ``has_forces`` (n,) bool (``has``: (n, 2), whether the frame
+    has each); per atom ``numbers`` (N,) int64, ``positions`` (N, 3) float64 and, if any frame of the block
+    has valid forces, ``forces`` (N, 3) float64 (NaN where a frame has none)."""
+    ids = [a.info.get("id") for a in frames]
+    has_id = np.array([isinstance(i, (int, np.integer)) for i in ids], dtype=bool)
+    columns = {
+        "n_atoms": np.array([len(a) for a in frames], dtype=np.int64),
+        "numbers": np.concatenate([a.get_atomic_numbers() for a in frames]).astype(np.int64),
+        "positions": np.concatenate([a.get_positions() for a in frames]).reshape(-1, 3),
+        "cells": np.array([a.get_cell().array for a in frames], dtype=np.float64).reshape(-1, 3, 3),
+        "pbcs": np.array([a.get_pbc() for a in frames], dtype=bool).reshape(-1, 3),
+        "file_ids": np.array([i if h else 0 for i, h in zip(ids, has_id, strict=True)], dtype=np.int64),
+        "has_id": has_id,
+        "energy": energies,
+        "has_energy": has[:, 0].copy(),
+        "has_forces": has[:, 1].copy(),
+    }
+    if any(f is not None for f in forces):
+        columns["forces"] = np.concatenate(
+            [
+                f if f is not None else np.full((len(a), 3), np.nan)
+                for f, a in zip(forces, frames, strict=True)
+            ]
+        ).reshape(-1, 3)
+    return columns
+
+
+#: frames (and at most atoms) read and checked at a time; their arrays are then appended to a spool
+BLOCK_FRAMES = 256
+BLOCK_ATOMS = 20_000
+#: most atoms per chunk when the kept frames are copied from the spool into the store
+CHUNK_ATOMS = 1 << 16
+
+
+def _blocks(frames: Iterator[ase.Atoms], block_frames: int, block_atoms: int) -> Iterator[list[ase.Atoms]]:
+    """Consecutive lists of at most ``block_frames`` frames (fewer once they hold ``block_atoms`` atoms)."""
+    block, atoms = [], 0
+    for a in frames:
+        block.append(a)
+        atoms += len(a)
+        if len(block) >= block_frames or atoms >= block_atoms:
+            yield block
+            block, atoms = [], 0
+    if block:
+        yield block
+
+
+def _spool_frames(
+    path: Path,
+    index,
+    format: str | None,
+    rules: FrameRules,
+    spool: Spool,
+    block_frames: int = BLOCK_FRAMES,
+    block_atoms: int = BLOCK_ATOMS,
+    progress: bool = False,
+) -> None:
+    """Read the selected frames block by block, check each block with ``rules`` and append its arrays to
+    ``spool`` (a tqdm bar over frames if ``progress``)."""
+    from tqdm.auto import tqdm
+
+    frames, total = _frames(path, index, format)
+    with tqdm(total=total, desc=f"reading {path.name}", unit="frame", disable=not progress) as bar:
+        for block in _blocks(frames, block_frames, block_atoms):
+            atom_row = spool.rows("numbers")
+            for name, column in rules.add(block).items():
+                spool.append(name, column, row=atom_row if name == "forces" else None)
+            bar.update(len(block))
+            # ASE's SinglePointCalculator refers to itself (a bound method), so only a full garbage
+            # collection would free it and its arrays: drop the arrays now
+            for atoms in block:
+                if atoms.calc is not None:
+                    atoms.calc.results, atoms.calc.atoms = {}, None
+
+
+def _kept_tables(
+    spool: Spool,
+    sel: Selection,
+    source: Path,
+    units: dict[str, str],
+    length_unit: str,
+    max_atoms: int | None = None,
+) -> Iterator[MoleculeTable]:
+    """The kept frames of the spool as :class:`MoleculeTable` chunks in file order (file units), each of at most
+    ``max_atoms`` atoms (at least one frame; ``None``: one table). ``units``: source units of energy, forces."""
+    window = sel.n_frames if max_atoms is None else 1 << 16
+    atom = 0
+    for w in range(0, sel.n_frames, window):
+        n_atoms = spool.read("n_atoms", w, min(w + window, sel.n_frames))
+        ends = np.cumsum(n_atoms)
+        a = 0
+        while a < len(n_atoms):
+            b = len(n_atoms)
+            if max_atoms is not None:
+                start = int(ends[a - 1]) if a else 0
+                b = max(a + 1, int(np.searchsorted(ends, start + max_atoms, side="right")))
+            table = _kept_table(spool, sel, w + a, w + b, atom, n_atoms[a:b], source, units, length_unit)
+            if table is not None:
+                yield table
+            atom += int(n_atoms[a:b].sum())
+            a = b
+
+
+def _kept_table(
+    spool: Spool,
+    sel: Selection,
+    a: int,
+    b: int,
+    atom: int,
+    n_atoms: np.ndarray,
+    source: Path,
+    units: dict[str, str],
+    length_unit: str,
+) -> MoleculeTable | None:
+    """The kept frames among frames ``a:b`` (their first atom is spool row ``atom``), or ``None``."""
+    keep = sel.keep(spool.read("has_energy", a, b), spool.read("has_forces", a, b))
+    if not keep.any():
+        return None
+    stop = atom + int(n_atoms.sum())
+    atom_keep = np.repeat(keep, n_atoms)
+    properties = {}
+    if sel.energy:
+        properties["energy"] = spool.read("energy", a, b)[keep]
+    if sel.forces:
+        properties["forces"] = spool.read("forces", atom, stop)[atom_keep]
+    ids = spool.read("file_ids", a, b)[keep] if sel.file_ids else (a + np.flatnonzero(keep)).astype(np.int64)
+    return MoleculeTable(
+        numbers=spool.read("numbers", atom, stop)[atom_keep],
+        positions=spool.read("positions", atom, stop)[atom_keep],
+        n_atoms=n_atoms[keep],
+        properties=properties,
+        units={k: units[k] for k in properties},
+        per_atom={"forces"} & set(properties),
+        length_unit=length_unit,
+        cells=spool.read("cells", a, b)[keep] if sel.periodic else None,
+        pbcs=spool.read("pbcs", a, b)[keep] if sel.periodic else None,
+        source=str(source),
+        ids=ids,
+        meta=dict(sel.meta),
+    )
+
+
 def read_ase(
     path: str | Path,
     index: str | int = ":",
@@ -138,11 +555,12 @@ def read_ase(
     format: str | None = None,
     skip_incomplete: bool = False,
 ) -> MoleculeTable:
-    """Read frames with :func:`ase.io.read` (extxyz, ASE-db ``.db`` and any format ASE knows).
+    """Read frames with :func:`ase.io.iread` (extxyz, ASE-db ``.db`` and any format ASE knows).
 
     A property is never dropped silently: one present in some frames and missing in others is an error naming
     the first frame without it, unless ``skip_incomplete`` keeps only the frames that have every property read
-    (their frame numbers become the table's ``ids``; the count skipped is recorded in ``meta``).
+    (their frame numbers become the table's ``ids``; the count skipped is recorded in ``meta``). The checks are
+    those of :class:`FrameRules`, shared with the streaming :func:`convert_ase`.
 
     Args:
         path: file to read.
@@ -162,100 +580,66 @@ def read_ase(
         (n_atoms_total, 3) when present, units as stated, cells (n, 3, 3)/pbcs (n, 3) if any frame is periodic.
     """
     path = Path(path)
-    frames = _frame_list(path, index, format)
-    if not frames:
-        raise DataFormatError(path, f"no frames selected by index {index!r}")
-    forces_unit = forces_unit or f"{energy_unit}/{length_unit}"
+    rules = FrameRules(path, index, energy_key, forces_key, skip_incomplete, format)
+    spool = Spool()
+    _spool_frames(path, index, format, rules, spool)
+    sel = rules.finish()
+    units = {"energy": energy_unit, "forces": forces_unit or f"{energy_unit}/{length_unit}"}
+    return next(_kept_tables(spool, sel, path, units, length_unit))
 
-    for i, atoms in enumerate(frames):
-        if len(atoms) == 0:
-            raise DataFormatError(path, "empty structure (0 atoms)", f"frame {i}")
-        pos = atoms.get_positions()
-        if not np.isfinite(pos).all():
-            raise DataFormatError(
-                path, "NaN/inf coordinates", f"frame {i}, atom {int(np.argmax(~np.isfinite(pos).all(1)))}"
-            )
-        if not np.isfinite(atoms.get_cell().array).all():
-            raise DataFormatError(path, "NaN/inf in the cell (Lattice)", f"frame {i}")
 
-    energy_name, forces_name = energy_key or "energy", forces_key or "forces"
-    wanted = (
-        ("energy", energy_name, energy_key is not None, False, "calculator result or info key"),
-        ("forces", forces_name, forces_key is not None, True, "calculator result or per-atom array"),
-    )
-    values = {what: [_value(a, name, per_atom) for a in frames] for what, name, _, per_atom, _ in wanted}
-    read = [w for w in wanted if w[2] or any(v is not None for v in values[w[0]])]
-    n = len(frames)
-    keep = np.ones(n, dtype=bool)
-    for what, name, _, _, where in read:
-        has = np.array([v is not None for v in values[what]])
-        if skip_incomplete:
-            keep &= has
-        elif not has.all():
-            first = int(np.argmin(has))
-            raise DataFormatError(
-                path, _missing_message(what, name, where, int(has.sum()), n), f"frame {first}"
-            )
-    if not keep.any():
-        names = " and ".join(f"{w[0]} {w[1]!r}" for w in read)
-        raise DataFormatError(path, f"no frame has {names}: nothing left after skipping incomplete frames")
-    kept = np.flatnonzero(keep)
-    frames = [frames[i] for i in kept]
-    values = {what: [v[i] for i in kept] for what, v in values.items()}
+def convert_ase(
+    path: str | Path,
+    output: str | Path,
+    index: str | int = ":",
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    energy_unit: str = "eV",
+    length_unit: str = "Angstrom",
+    forces_unit: str | None = None,
+    format: str | None = None,
+    skip_incomplete: bool = False,
+    progress: bool = True,
+    source: str | None = None,
+    block_frames: int = BLOCK_FRAMES,
+    block_atoms: int = BLOCK_ATOMS,
+    chunk_atoms: int = CHUNK_ATOMS,
+) -> Selection:
+    """Convert an extxyz / ASE-db / ASE file to an HDF5 store in bounded memory: the same store, byte for byte
+    in its datasets and attributes (but ``created_utc``), as ``write_store(read_ase(...))``.
 
-    properties: dict[str, np.ndarray] = {}
-    units: dict[str, str] = {}
-    if any(w[0] == "energy" for w in read):
-        for i, e in zip(kept, values["energy"], strict=True):
-            if np.size(e) != 1 or np.asarray(e).dtype.kind not in "iuf":
-                e = np.asarray(e)
-                problem = f"energy {energy_name!r} is not one number ({e.size} values of dtype {e.dtype})"
-                raise DataFormatError(path, problem, f"frame {i}")
-        arr = np.array([float(np.asarray(e).reshape(-1)[0]) for e in values["energy"]])
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            raise DataFormatError(
-                path, f"NaN/inf energy {energy_name!r}", f"frame {int(kept[np.argmax(bad)])}"
-            )
-        properties["energy"] = arr
-        units["energy"] = energy_unit
-    if any(w[0] == "forces" for w in read):
-        for i, f, a in zip(kept, values["forces"], frames, strict=True):
-            if np.shape(f) != (len(a), 3):
-                raise DataFormatError(
-                    path, f"forces shape {np.shape(f)}, expected ({len(a)}, 3)", f"frame {i}"
-                )
-            if np.asarray(f).dtype.kind not in "iuf":
-                raise DataFormatError(
-                    path, f"forces of dtype {np.asarray(f).dtype}, expected numbers", f"frame {i}"
-                )
-            if not np.isfinite(f).all():
-                raise DataFormatError(path, f"NaN/inf forces {forces_name!r}", f"frame {i}")
-        properties["forces"] = np.concatenate([np.asarray(f, dtype=np.float64) for f in values["forces"]])
-        units["forces"] = forces_unit
+    Frames are read ``block_frames`` at a time (fewer once a block holds ``block_atoms`` atoms), checked by
+    :class:`FrameRules` (the errors of :func:`read_ase`, frame numbers global) and appended in file units to raw
+    files in a hidden temporary folder next to ``output`` (``.<name>.<random>.tmp``; it needs about
+    50 bytes per atom). Once every frame is seen (only then is it known which frames are kept and whether
+    cells are written), the kept frames are copied into the store ``chunk_atoms`` atoms at a time by
+    :func:`atomnet.data.store.write_store_chunks`, which writes a temporary file and renames it. A failure or
+    an interruption leaves neither a store nor a temporary file (SIGKILL excepted: it runs no cleanup).
 
-    pbcs = np.array([a.get_pbc() for a in frames], dtype=bool)
-    file_ids = [a.info.get("id") for a in frames]
-    has_ids = all(isinstance(i, (int, np.integer)) for i in file_ids)
-    ids = np.array(file_ids, dtype=np.int64) if has_ids else kept.astype(np.int64)
-    periodic = bool(pbcs.any())
-    meta = {"format": f"ase:{format or path.suffix.lstrip('.') or 'auto'}"}
-    if skip_incomplete:
-        meta["skipped_incomplete_frames"] = str(n - len(kept))
-    return MoleculeTable(
-        numbers=np.concatenate([a.get_atomic_numbers() for a in frames]).astype(np.int64),
-        positions=np.concatenate([a.get_positions() for a in frames]),
-        n_atoms=np.array([len(a) for a in frames], dtype=np.int64),
-        properties=properties,
-        units=units,
-        per_atom={"forces"} & set(properties),
-        length_unit=length_unit,
-        cells=np.array([a.get_cell().array for a in frames]) if periodic else None,
-        pbcs=pbcs if periodic else None,
-        source=str(path),
-        ids=ids,
-        meta=meta,
-    )
+    Args: as :func:`read_ase`, and
+        output: the ``.h5`` store (overwritten once the conversion is complete).
+        progress: tqdm bars over the frames read and the molecules written.
+        source: provenance recorded in the store (default ``str(path)``).
+
+    Returns:
+        The :class:`Selection`: frames read and kept, properties read, ``meta``.
+    """
+    from atomnet.data.store import write_store_chunks
+
+    path, output = Path(path), Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rules = FrameRules(path, index, energy_key, forces_key, skip_incomplete, format)
+    units = {"energy": energy_unit, "forces": forces_unit or f"{energy_unit}/{length_unit}"}
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp") as tmp:
+        spool = Spool(tmp)
+        try:
+            _spool_frames(path, index, format, rules, spool, block_frames, block_atoms, progress)
+            sel = rules.finish()
+            tables = _kept_tables(spool, sel, path, units, length_unit, chunk_atoms)
+            write_store_chunks(tables, output, sel.n_kept, sel.n_atoms_kept, progress=progress, source=source)
+        finally:
+            spool.close()
+    return sel
 
 
 #: calculator results that hold one value per atom (everything else is one value per frame)
@@ -271,9 +655,11 @@ def scan_ase(path: str | Path, index: str | int = ":", format: str | None = None
     per-atom arrays other than ``numbers`` and ``positions`` are counted.
     """
     path = Path(path)
-    frames = _frame_list(path, index, format)
+    frames, _ = _frames(path, index, format)
     found: dict[str, dict] = {}
+    n = 0
     for i, atoms in enumerate(frames):
+        n += 1
         names = {}
         if atoms.calc is not None:
             names.update(
@@ -289,7 +675,7 @@ def scan_ase(path: str | Path, index: str | int = ":", format: str | None = None
         for name, entry in found.items():
             if name not in names and entry["first_missing"] is None:
                 entry["first_missing"] = i
-    return {"frames": len(frames), "properties": found}
+    return {"frames": n, "properties": found}
 
 
 def format_scan(scan: dict, path: str | Path) -> str:

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "when some frames lack them",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    # extxyz/ASE input is streamed (bounded memory); the old read-everything path, kept for comparisons
+    p.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     p = sub.add_parser(
         "info",
         help="print counts, elements and property statistics of a store, or scan a raw file's properties",
@@ -176,11 +178,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from atomnet.data.store import Store, format_summary, write_store
+    from atomnet.data.store import write_store
 
     if args.limit is not None and args.limit < 1:
         raise AtomNetError(f"--limit must be >= 1, got {args.limit}")
     progress = not args.no_progress
+    source = args.source if Path(args.source).is_file() else None
+    fmt = args.format or guess_format(args.source)
+    if fmt == "ase" and not args.in_memory:
+        return _convert_streaming(args, source, progress)
     table = read_source(
         args.source,
         args.format,
@@ -194,10 +200,39 @@ def _convert(args: argparse.Namespace) -> int:
     skipped = table.meta.get("skipped_incomplete_frames")
     if skipped and skipped != "0":
         print(f"skipped incomplete frames: {skipped} (without the energy or forces; --skip-incomplete)")
-    source = args.source if Path(args.source).is_file() else None
     write_store(table, args.output, progress=progress, source=source)
-    with Store(args.output) as store:
-        print(f"wrote {args.output}")
+    return _report(args.output)
+
+
+def _convert_streaming(args: argparse.Namespace, source: str | None, progress: bool) -> int:
+    """extxyz / ASE input: frames read, checked and spooled block by block, then copied into the store
+    (:func:`atomnet.data.ase_io.convert_ase`; memory bounded, whatever the size of the file)."""
+    from atomnet.data.ase_io import convert_ase
+
+    if not Path(args.source).exists():
+        raise FileNotFoundError(f"{args.source}: no such file")
+    index = ":" if args.limit is None else f":{int(args.limit)}"
+    selection = convert_ase(
+        args.source,
+        args.output,
+        index=index,
+        energy_unit=args.energy_unit or "eV",
+        skip_incomplete=args.skip_incomplete,
+        progress=progress,
+        source=source,
+    )
+    skipped = selection.meta.get("skipped_incomplete_frames")
+    if skipped and skipped != "0":
+        print(f"skipped incomplete frames: {skipped} (without the energy or forces; --skip-incomplete)")
+    return _report(args.output)
+
+
+def _report(output: str) -> int:
+    """Print the summary of the store just written."""
+    from atomnet.data.store import Store, format_summary
+
+    with Store(output) as store:
+        print(f"wrote {output}")
         print(format_summary(store.summary()))
     return 0
 

@@ -21,8 +21,10 @@ the reader's ``meta`` (prefixed ``meta.``). h5py is used only in this module and
 from __future__ import annotations
 
 import hashlib
+import itertools
 import mmap
 import os
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +49,8 @@ GROUPS = ("properties", "atom_properties")
 MAX_ATTRIBUTE_SIZE = 4096
 #: a compressed dataset may claim at most this many times its stored bytes (deflate cannot exceed ~1032)
 MAX_COMPRESSION = 1100
+#: rows (atoms or molecules) :meth:`Store.summary` reads at a time, so it runs in bounded memory
+SUMMARY_ROWS = 1 << 17
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -62,11 +66,12 @@ def _molecule_of_atom(offsets: np.ndarray, atom: int) -> int:
     return int(np.searchsorted(offsets, atom, side="right") - 1)
 
 
-def validate_table(table: MoleculeTable) -> None:
+def validate_table(table: MoleculeTable, first_molecule: int = 0) -> None:
     """Raise :class:`DataFormatError` (naming the molecule) for tables the store cannot hold.
 
     Checks: shapes of numbers/positions/n_atoms/properties/cells, empty molecules, atomic numbers in
-    1..118, finite positions.
+    1..118, finite positions. ``first_molecule``: the store index of the table's first molecule (a chunk
+    of a larger store), added to the molecule numbers in messages.
     """
     src = table.source or "<table>"
     n_atoms = np.asarray(table.n_atoms)
@@ -76,28 +81,31 @@ def validate_table(table: MoleculeTable) -> None:
         raise DataFormatError(src, f"n_atoms must be 1-dimensional, got shape {n_atoms.shape}")
     if n_atoms.size and n_atoms.min() < 1:
         m = int(np.argmin(n_atoms))
-        raise DataFormatError(src, "empty molecule (0 atoms)", f"molecule {m}")
+        raise DataFormatError(src, "empty molecule (0 atoms)", f"molecule {first_molecule + m}")
     total = int(n_atoms.sum())
     if numbers.shape != (total,):
         raise DataFormatError(src, f"numbers has shape {numbers.shape}, expected ({total},) = sum(n_atoms)")
     if positions.shape != (total, 3):
         raise DataFormatError(src, f"positions has shape {positions.shape}, expected ({total}, 3)")
     offsets = table.offsets
+
+    def molecule(atom: int) -> str:
+        return f"molecule {first_molecule + _molecule_of_atom(offsets, atom)}"
+
     bad = np.flatnonzero((numbers < 1) | (numbers > MAX_Z))
     if bad.size:
         a = int(bad[0])
         raise DataFormatError(
             src,
             f"atomic number {int(numbers[a])} outside 1..{MAX_Z}",
-            f"molecule {_molecule_of_atom(offsets, a)}",
+            molecule(a),
         )
     bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
     if bad.size:
         a = int(bad[0])
-        raise DataFormatError(
-            src, f"non-finite position {positions[a].tolist()}", f"molecule {_molecule_of_atom(offsets, a)}"
-        )
-    _check_fits(src, "position", positions, table.length_unit or "Angstrom", offsets, True)
+        raise DataFormatError(src, f"non-finite position {positions[a].tolist()}", molecule(a))
+    length = table.length_unit or "Angstrom"
+    _check_fits(src, "position", positions, length, offsets, True, first_molecule)
     n_mol = len(n_atoms)
     for name, values in table.properties.items():
         expected = total if name in table.per_atom else n_mol
@@ -107,9 +115,8 @@ def validate_table(table: MoleculeTable) -> None:
                 src,
                 f"{what} property {name!r} has shape {np.shape(values)}, expected first dimension {expected}",
             )
-        _check_fits(
-            src, f"{name!r} value", values, table.units.get(name, ""), offsets, name in table.per_atom
-        )
+        unit, per_atom = table.units.get(name, ""), name in table.per_atom
+        _check_fits(src, f"{name!r} value", values, unit, offsets, per_atom, first_molecule)
     for name, arr, shape in (("cells", table.cells, (n_mol, 3, 3)), ("pbcs", table.pbcs, (n_mol, 3))):
         if arr is not None and np.shape(arr) != shape:
             raise DataFormatError(src, f"{name} has shape {np.shape(arr)}, expected {shape}")
@@ -118,15 +125,17 @@ def validate_table(table: MoleculeTable) -> None:
             ~np.isfinite(np.asarray(table.cells, dtype=np.float64)).reshape(n_mol, -1).all(axis=1)
         )
         if bad.size:
-            raise DataFormatError(src, "non-finite cell", f"molecule {int(bad[0])}")
-        _check_fits(src, "cell vector", table.cells, table.length_unit or "Angstrom", offsets, False)
+            raise DataFormatError(src, "non-finite cell", f"molecule {first_molecule + int(bad[0])}")
+        _check_fits(src, "cell vector", table.cells, length, offsets, False, first_molecule)
     if table.ids is not None and np.shape(table.ids) != (n_mol,):
         raise DataFormatError(src, f"ids has shape {np.shape(table.ids)}, expected ({n_mol},)")
 
 
-def _check_fits(src, what: str, values, source_unit: str, offsets: np.ndarray, per_atom: bool) -> None:
+def _check_fits(
+    src, what: str, values, source_unit: str, offsets: np.ndarray, per_atom: bool, first_molecule: int = 0
+) -> None:
     """Refuse finite float ``values`` that would become inf in the store (beyond float32, or float64 for eV,
-    after the unit conversion of :func:`_convert`), naming the molecule."""
+    after the unit conversion of :func:`_convert`), naming the molecule (``first_molecule`` + its index)."""
     v = np.asarray(values)
     if v.dtype.kind != "f" or v.size == 0:
         return
@@ -142,7 +151,7 @@ def _check_fits(src, what: str, values, source_unit: str, offsets: np.ndarray, p
     raise DataFormatError(
         src,
         f"{what} {value:g} {source_unit} is too large for the store ({converted.dtype} {unit})",
-        f"molecule {molecule}",
+        f"molecule {first_molecule + molecule}",
     )
 
 
@@ -159,11 +168,81 @@ def _convert(values: np.ndarray, source_unit: str) -> tuple[np.ndarray, str]:
     return (values.astype(np.float64) * factor).astype(dtype), unit
 
 
-def _write_dataset(group: h5py.Group, name: str, data: np.ndarray, unit: str, source_unit: str) -> None:
-    """Write one contiguous, uncompressed dataset with its unit attributes."""
-    dset = group.create_dataset(name, data=np.ascontiguousarray(data))
-    dset.attrs["unit"] = unit
-    dset.attrs["source_unit"] = source_unit
+def _write_dataset(
+    group: h5py.Group,
+    name: str,
+    data: np.ndarray,
+    unit: str,
+    source_unit: str,
+    start: int = 0,
+    rows: int | None = None,
+) -> None:
+    """Write ``data`` as rows ``start:start + len(data)`` of the contiguous, uncompressed dataset ``name`` of
+    ``rows`` rows (default ``len(data)``), created with its unit attributes when it is not there yet."""
+    if name not in group:
+        shape = (len(data) if rows is None else rows, *data.shape[1:])
+        dset = group.create_dataset(name, shape=shape, dtype=data.dtype)
+        dset.attrs["unit"] = unit
+        dset.attrs["source_unit"] = source_unit
+    if len(data):
+        group[name][start : start + len(data)] = np.ascontiguousarray(data)
+
+
+def _jobs(table: MoleculeTable, source: str) -> list[tuple[str, str, object, str]]:
+    """(group, name, make, source unit) of every dataset of ``table`` but ``offsets``; ``make()`` returns the
+    array in internal units (numbers int8, positions/cells float32 Angstrom, pbcs bool, ids int64,
+    properties by :func:`_convert`) and its unit, one dataset at a time (bounded peak memory)."""
+    length_unit = table.length_unit or "Angstrom"
+    lf = unit_factor(length_unit)
+    length = internal_unit(length_unit)
+
+    def prop(name: str):
+        try:
+            return _convert(table.properties[name], table.units.get(name, ""))
+        except TypeError as exc:
+            raise DataFormatError(source or "<table>", f"property {name!r}: {exc}") from None
+
+    jobs: list[tuple[str, str, object, str]] = [
+        ("", "numbers", lambda: (np.asarray(table.numbers).astype(np.int8), ""), ""),
+        (
+            "",
+            "positions",
+            lambda: ((np.asarray(table.positions, np.float64) * lf).astype(np.float32), length),
+            length_unit,
+        ),
+    ]
+    if table.cells is not None:
+        jobs.append(
+            (
+                "",
+                "cells",
+                lambda: ((np.asarray(table.cells, np.float64) * lf).astype(np.float32), length),
+                length_unit,
+            )
+        )
+    if table.pbcs is not None:
+        jobs.append(("", "pbcs", lambda: (np.asarray(table.pbcs, dtype=bool), ""), ""))
+    if table.ids is not None:
+        jobs.append(("", "ids", lambda: (np.asarray(table.ids, dtype=np.int64), ""), ""))
+    for name in table.properties:
+        group = "atom_properties" if name in table.per_atom else "properties"
+        jobs.append((group, name, lambda name=name: prop(name), table.units.get(name, "")))
+    return jobs
+
+
+def _write_attributes(f: h5py.File, table: MoleculeTable, source: str, digest: str) -> None:
+    """File attributes: format and atomnet versions, source and its sha256, UTC time, units, ``meta.*``."""
+    from atomnet import __version__
+
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["atomnet_version"] = __version__
+    f.attrs["source"] = source
+    f.attrs["source_sha256"] = digest
+    f.attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    f.attrs["length_source_unit"] = table.length_unit or "Angstrom"
+    for key, value in table.meta.items():
+        f.attrs[f"meta.{key}"] = str(value)
 
 
 def write_store(
@@ -177,72 +256,76 @@ def write_store(
     Args:
         table: reader output, in its source units (``table.units``, ``table.length_unit``).
         path: output ``.h5`` file (overwritten if present).
-        progress: show a tqdm progress bar over the datasets written.
+        progress: show a tqdm progress bar over the molecules written.
         source: source file for provenance (default ``table.source``); its sha256 is recorded if it is a file.
 
     Returns:
         The output path.
     """
-    validate_table(table)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source = str(source if source is not None else table.source)
-    digest = sha256_of(source) if source and os.path.isfile(source) else ""
-    length_unit = table.length_unit or "Angstrom"
-    lf = unit_factor(length_unit)
+    return write_store_chunks(
+        [table], path, table.n_molecules, int(np.sum(table.n_atoms)), progress=progress, source=source
+    )
 
-    jobs: list[tuple[str, str, object, str]] = [
-        ("", "numbers", lambda: np.asarray(table.numbers).astype(np.int8), ""),
-        (
-            "",
-            "positions",
-            lambda: (np.asarray(table.positions, np.float64) * lf).astype(np.float32),
-            length_unit,
-        ),
-        ("", "offsets", lambda: table.offsets, ""),
-    ]
-    if table.cells is not None:
-        jobs.append(
-            ("", "cells", lambda: (np.asarray(table.cells, np.float64) * lf).astype(np.float32), length_unit)
-        )
-    if table.pbcs is not None:
-        jobs.append(("", "pbcs", lambda: np.asarray(table.pbcs, dtype=bool), ""))
-    if table.ids is not None:
-        jobs.append(("", "ids", lambda: np.asarray(table.ids, dtype=np.int64), ""))
-    for name in table.properties:
-        group = "atom_properties" if name in table.per_atom else "properties"
-        jobs.append((group, name, None, table.units.get(name, "")))
 
+def write_store_chunks(
+    tables: Iterable[MoleculeTable],
+    path: str | os.PathLike,
+    n_molecules: int,
+    n_atoms_total: int,
+    progress: bool = True,
+    source: str | None = None,
+) -> Path:
+    """Write consecutive chunks of one dataset (MoleculeTables in source units, with the same properties,
+    units and ``meta``) as one HDF5 store, a chunk at a time: the store :func:`write_store` writes for their
+    concatenation, with the same contiguous, uncompressed datasets (memory-mappable).
+
+    Each chunk is validated (:func:`validate_table`, molecules numbered in the whole store), converted to
+    internal units and written into datasets created with their final shapes (``n_molecules`` molecules,
+    ``n_atoms_total`` atoms in all). A temporary file is renamed onto ``path`` at the end
+    (:func:`atomnet.files.atomic_output`); a failure leaves neither. ``source``: as for :func:`write_store`
+    (default: the first chunk's ``source``). Returns ``path``.
+    """
     from tqdm.auto import tqdm
 
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
-            from atomnet import __version__
-
-            f.attrs["atomnet_version"] = __version__
-            f.attrs["source"] = source
-            f.attrs["source_sha256"] = digest
-            f.attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            f.attrs["length_source_unit"] = length_unit
-            for key, value in table.meta.items():
-                f.attrs[f"meta.{key}"] = str(value)
-            for group_name in ("properties", "atom_properties"):
-                f.create_group(group_name)
-            for group_name, name, make, src_unit in tqdm(
-                jobs, desc=f"writing {path.name}", disable=not progress, unit="dataset"
-            ):
-                group = f[group_name] if group_name else f
-                if make is None:
-                    try:
-                        data, unit = _convert(table.properties[name], src_unit)
-                    except TypeError as exc:
-                        raise DataFormatError(source or "<table>", f"property {name!r}: {exc}") from None
-                else:
-                    data = make()
-                    unit = internal_unit(src_unit) if src_unit else ""
-                _write_dataset(group, name, data, unit, src_unit)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = iter(tables)
+    first = next(chunks)
+    source = str(source if source is not None else first.source)
+    digest = sha256_of(source) if source and os.path.isfile(source) else ""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_attributes(f, first, source, digest)
+        for group_name in GROUPS:
+            f.create_group(group_name)
+        offsets = f.create_dataset("offsets", shape=(n_molecules + 1,), dtype=np.int64)
+        offsets.attrs["unit"] = ""
+        offsets.attrs["source_unit"] = ""
+        offsets[0] = 0
+        molecule = atom = 0
+        with tqdm(
+            total=n_molecules, desc=f"writing {path.name}", disable=not progress, unit="molecule"
+        ) as bar:
+            for table in itertools.chain([first], chunks):
+                validate_table(table, first_molecule=molecule)
+                n, n_at = table.n_molecules, int(np.sum(table.n_atoms))
+                if molecule + n > n_molecules or atom + n_at > n_atoms_total:
+                    raise ValueError(f"chunks hold more than {n_molecules} molecules / {n_atoms_total} atoms")
+                for group_name, name, make, src_unit in _jobs(table, source):
+                    per_atom = group_name == "atom_properties" or name in ("numbers", "positions")
+                    data, unit = make()
+                    start, rows = (atom, n_atoms_total) if per_atom else (molecule, n_molecules)
+                    _write_dataset(
+                        f[group_name] if group_name else f, name, data, unit, src_unit, start, rows
+                    )
+                    del data
+                if n:
+                    offsets[molecule + 1 : molecule + n + 1] = atom + table.offsets[1:]
+                molecule, atom = molecule + n, atom + n_at
+                bar.update(n)
+        if (molecule, atom) != (n_molecules, n_atoms_total):
+            raise ValueError(
+                f"chunks hold {molecule} molecules / {atom} atoms, expected {n_molecules} / {n_atoms_total}"
+            )
     return path
 
 
@@ -411,16 +494,17 @@ class Store:
                 self.path,
                 f"offsets are inconsistent with the number of atoms: molecule {m} has {counts[m]} atoms",
             )
-        z = numbers[()]
-        bad = np.flatnonzero((z < 1) | (z > MAX_Z))
-        if bad.size:
-            a = int(bad[0])
-            raise DataFormatError(
-                self.path,
-                f"atomic number {int(z[a])} outside 1..{MAX_Z}",
-                f"molecule {_molecule_of_atom(offs, a)}",
-            )
-        block = 1 << 20  # positions are read in blocks of 1M atoms (12 MiB of float32)
+        block = 1 << 20  # numbers and positions are read in blocks of 1M atoms (12 MiB of float32)
+        for start in range(0, n_total, block):
+            z = numbers[start : start + block]
+            bad = np.flatnonzero((z < 1) | (z > MAX_Z))
+            if bad.size:
+                a = int(bad[0])
+                raise DataFormatError(
+                    self.path,
+                    f"atomic number {int(z[a])} outside 1..{MAX_Z}",
+                    f"molecule {_molecule_of_atom(offs, start + a)}",
+                )
         for start in range(0, n_total, block):
             bad = np.flatnonzero(~np.isfinite(positions[start : start + block]).all(axis=1))
             if bad.size:
@@ -552,6 +636,59 @@ class Store:
         return self._read("numbers", slice(a, b)).astype(np.int64), self._read("positions", slice(a, b))
 
     # --- summary ----------------------------------------------------------------------------
+    def property_rows(self, name: str, rows: slice) -> np.ndarray:
+        """Rows ``rows`` of property ``name`` (molecules, or atoms for a per-atom property), internal units."""
+        return self._read(self.dataset_path(name), rows)
+
+    def _chunks(self, per_atom: bool) -> Iterator[tuple[slice, np.ndarray]]:
+        """Consecutive ranges of whole molecules of at most :data:`SUMMARY_ROWS` rows (atoms if ``per_atom``,
+        else molecules; at least one molecule): (row slice, the range's offsets counted from its first atom)."""
+        offsets, n = self.offsets, self.n_molecules
+        m0 = 0
+        while m0 < n or (m0 == 0 and n == 0):
+            stop = offsets[m0] + SUMMARY_ROWS if per_atom else None
+            m1 = (
+                min(n, m0 + SUMMARY_ROWS)
+                if stop is None
+                else int(np.searchsorted(offsets, stop, "right")) - 1
+            )
+            m1 = min(n, max(m1, m0 + 1))
+            rows = slice(int(offsets[m0]), int(offsets[m1])) if per_atom else slice(m0, m1)
+            yield rows, offsets[m0 : m1 + 1] - offsets[m0]
+            if n == 0:
+                return
+            m0 = m1
+
+    def _statistics(self, name: str, per_atom: bool) -> dict[str, float]:
+        """mean, std, min, max of a numeric property over its finite and infinite values (NaN ignored), read
+        :data:`SUMMARY_ROWS` rows at a time (two passes: the mean, then the squared deviations from it)."""
+        chunks = list(self._chunks(per_atom))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf or huge values: nan/inf, no warning
+            if len(chunks) == 1:
+                v = self.property_rows(name, chunks[0][0]).astype(np.float64)
+                return {
+                    "mean": float(np.nanmean(v)),
+                    "std": float(np.nanstd(v)),
+                    "min": float(np.nanmin(v)),
+                    "max": float(np.nanmax(v)),
+                }
+            count, total, low, high = 0, 0.0, np.inf, -np.inf
+            for rows, _ in chunks:
+                v = self.property_rows(name, rows).astype(np.float64)
+                ok = ~np.isnan(v)
+                count += int(ok.sum())
+                total += float(np.sum(v, where=ok))
+                low = min(low, float(np.min(v, where=ok, initial=np.inf)))
+                high = max(high, float(np.max(v, where=ok, initial=-np.inf)))
+            if count == 0:
+                return {"mean": np.nan, "std": np.nan, "min": np.nan, "max": np.nan}
+            mean = total / count
+            squares = sum(
+                float(np.sum((v - mean) ** 2, where=~np.isnan(v)))
+                for v in (self.property_rows(name, rows).astype(np.float64) for rows, _ in chunks)
+            )
+            return {"mean": mean, "std": float(np.sqrt(squares / count)), "min": low, "max": high}
+
     def summary(self) -> dict:
         """Counts, elements and per-property statistics (mean/std/min/max in internal units).
 
@@ -561,26 +698,27 @@ class Store:
         and ``attrs`` (provenance).
         """
         n_atoms = self.n_atoms
-        z, counts = np.unique(self._read("numbers"), return_counts=True)
+        elements: dict[int, int] = {}
+        for rows, _ in self._chunks(True):
+            z, counts = np.unique(self._read("numbers", rows), return_counts=True)
+            for a, c in zip(z.tolist(), counts.tolist(), strict=True):
+                elements[a] = elements.get(a, 0) + c
         props = {}
         for name in self.property_names + self.atom_property_names:
-            values = self.property(name)
+            per_atom = self.is_per_atom(name)
+            dset = self.file[self.dataset_path(name)]
             entry = {
                 "unit": self.unit(name),
                 "source_unit": self.source_unit(name),
-                "per_atom": self.is_per_atom(name),
-                "shape": tuple(values.shape[1:]),
-                "molecules": molecules_with_values(values, self.offsets, self.is_per_atom(name)),
+                "per_atom": per_atom,
+                "shape": tuple(dset.shape[1:]),
+                "molecules": sum(
+                    molecules_with_values(self.property_rows(name, rows), offsets, per_atom)
+                    for rows, offsets in self._chunks(per_atom)
+                ),
             }
-            if values.dtype.kind in "iuf" and values.size:
-                v = values.astype(np.float64)
-                with np.errstate(invalid="ignore", over="ignore"):  # inf or huge values: nan/inf, no warning
-                    entry.update(
-                        mean=float(np.nanmean(v)),
-                        std=float(np.nanstd(v)),
-                        min=float(np.nanmin(v)),
-                        max=float(np.nanmax(v)),
-                    )
+            if dset.dtype.kind in "iuf" and dset.size:
+                entry.update(self._statistics(name, per_atom))
             props[name] = entry
         return {
             "n_molecules": self.n_molecules,
@@ -590,7 +728,7 @@ class Store:
                 "mean": float(n_atoms.mean()) if n_atoms.size else 0.0,
                 "max": int(n_atoms.max()) if n_atoms.size else 0,
             },
-            "elements": {int(a): int(c) for a, c in zip(z, counts, strict=True)},
+            "elements": dict(sorted(elements.items())),
             "properties": props,
             "attrs": self.attrs,
         }
@@ -601,12 +739,12 @@ def _check_global_heaps(path: Path) -> None:
     live) the way HDF5 does, and refuse one whose objects do not tile it: HDF5 steps from object to object by
     their sizes, and a corrupt size that leads to an empty free-space entry keeps it in an endless loop inside
     the C library, where no signal can stop it. Collections are found by their signature (``GCOL``, version 1,
-    a size of at least 4 KiB that fits in the file); the scan reads the file once (about 0.5 s per GB)."""
+    a size of at least 4 KiB that fits in the file); the scan reads the file once in blocks (about 0.5 s per
+    GB; only the collections are mapped, so the scan adds nothing to the resident memory of a large store)."""
     if path.stat().st_size < 32:
         return  # too small for HDF5: h5py names the problem
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        at = m.find(b"GCOL\x01\x00\x00\x00")
-        while at >= 0:
+        for at in _find_all(path, _HEAP_SIGNATURE):
             size = int.from_bytes(m[at + 8 : at + 16], "little")
             end, p = at + size, at + 16
             while 4096 <= size <= len(m) - at and p + 16 <= end:  # a shorter tail is free space
@@ -622,7 +760,23 @@ def _check_global_heaps(path: Path) -> None:
                         f"at byte {p} that does not fit it",
                     )
                 p += step
-            at = m.find(b"GCOL\x01\x00\x00\x00", at + 4)
+
+
+_HEAP_SIGNATURE = b"GCOL\x01\x00\x00\x00"
+
+
+def _find_all(path: Path, pattern: bytes, block: int = 1 << 20) -> Iterator[int]:
+    """Byte offsets of every occurrence of ``pattern`` in the file, read ``block`` bytes at a time."""
+    with open(path, "rb") as fh:
+        start, tail = 0, b""  # tail: the last len(pattern) - 1 bytes of the previous block
+        while data := fh.read(block):
+            buf = tail + data
+            at = buf.find(pattern)
+            while at >= 0:
+                yield start - len(tail) + at
+                at = buf.find(pattern, at + 1)
+            start += len(data)
+            tail = buf[-(len(pattern) - 1) :]
 
 
 def _text(value) -> str:
