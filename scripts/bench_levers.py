@@ -22,6 +22,7 @@ Variants:
   support the double backward of force training).
 
     python scripts/bench_levers.py --threads 2 --json docs/performance/levers.json
+    python scripts/bench_levers.py --variants baseline --profile        # where a step's time goes
 """
 
 from __future__ import annotations
@@ -170,6 +171,16 @@ def worker(variant: str, forces: bool, args) -> dict:
             step(k)
         times.append((time.perf_counter() - t0) / len(batches) * 1e3)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for k in range(len(batches)):
+                step(k)
+        table = prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=32
+        )
+        print(table, file=sys.stderr)
     return dict(ms_per_step=statistics.median(times), all_ms=times, warmup_s=warmup, peak_rss_mib=peak)
 
 
@@ -180,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=2048, help="unordered pairs per block (chunked-pairs)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's top operators per variant"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -201,12 +215,15 @@ def main(argv: list[str] | None = None) -> dict:
         for task in ("energy",) if variant == "compiled" else ("energy", "forces"):
             command = [sys.executable, __file__, "--worker", variant, task, "--threads", str(args.threads)]
             command += ["--repeats", str(args.repeats), "--chunk", str(args.chunk)]
+            command += ["--profile"] if args.profile else []
             proc = subprocess.run(command, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
                 results.setdefault(variant, {})[task] = {"error": (tail or ["failed"])[0][:300]}
             else:
                 results.setdefault(variant, {})[task] = json.loads(proc.stdout.strip().splitlines()[-1])
+                if args.profile:
+                    print(f"{variant} {task}: torch.profiler, one pass of 5 steps\n{proc.stderr}")
             r = results[variant][task]
             print(
                 f"{variant:16s} {task:7s} "
