@@ -104,8 +104,8 @@ def run(gb: float, compare_mb: float, before: str | None, folder: Path) -> dict:
     report: dict = {"command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count()}
 
     small = folder / "baseline.extxyz"
-    write_water_extxyz(small, 20 * 14_500)  # about 20 frames
-    report["baseline"] = measure(convert_argv(small, folder / "baseline.h5"), env, folder)
+    info = write_water_extxyz(small, 20 * 14_500)  # about 20 frames
+    report["baseline"] = {"file": info, **measure(convert_argv(small, folder / "baseline.h5"), env, folder)}
 
     if compare_mb:
         mid = folder / "compare.extxyz"

@@ -611,7 +611,7 @@ def convert_ase(
     Frames are read ``block_frames`` at a time (fewer once a block holds ``block_atoms`` atoms), checked by
     :class:`FrameRules` (the errors of :func:`read_ase`, frame numbers global) and appended in file units to raw
     files in a hidden temporary folder next to ``output`` (``.<name>.<random>.tmp``; it needs about
-    50 bytes per atom). Once every frame is seen (only then is it known which frames are kept and whether
+    56 bytes per atom). Once every frame is seen (only then is it known which frames are kept and whether
     cells are written), the kept frames are copied into the store ``chunk_atoms`` atoms at a time by
     :func:`atomnet.data.store.write_store_chunks`, which writes a temporary file and renames it. A failure or
     an interruption leaves neither a store nor a temporary file (SIGKILL excepted: it runs no cleanup).
