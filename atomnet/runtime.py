@@ -2,9 +2,10 @@
 
 glibc's allocator returns large freed blocks to the kernel (``munmap`` above the mmap threshold, heap trimming
 above the trim threshold) and faults the pages in again, zero-filled, at the next allocation. A SchNet training
-step allocates and frees tens of (n_pairs × F) float32 tensors of a few MiB each, so on CPU a large share of it
-is page faults: measured here (2 threads, QM9 batch of 100 molecules, energy training) 75 ms per step with
-glibc's defaults, 58 ms with the settings below, 60 ms with tcmalloc preloaded (``docs/performance.md``).
+step allocates and frees tens of (n_pairs × F) float32 tensors of a few MiB each, so on CPU a part of it is
+page faults. Measured here (2 threads, batches of 100 molecules, ``python scripts/bench_levers.py``,
+``docs/performance.md``): energy training on QM9 66.5 ms per step with glibc's defaults, 61.1 ms with the
+settings below, 58.3 ms with tcmalloc preloaded; energy + force training on C7H12O2 312.6, 277.4 and 275.2 ms.
 
 :func:`tune_allocator` keeps freed blocks in the process instead: blocks up to 32 MiB (glibc's largest mmap
 threshold on 64-bit) come from the heap, and up to 1 GiB of free heap is kept rather than trimmed. Peak memory is
