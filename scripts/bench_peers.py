@@ -861,7 +861,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "peers.json", json.dumps(report, indent=1))
     write_atomic(out / "peers.md", markdown(report))
-    plot(report, out / "peers.png")
+    if any(report["ratios"].values()):
+        plot(report, out / "peers.png")
     print(markdown(report))
     return report
 
