@@ -32,3 +32,9 @@ class DownloadError(AtomNetError, OSError):
 
 class ExplanationError(AtomNetError, ValueError):
     """An explanation cannot be computed as asked (unknown method or parameter, unsupported module)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (at most ``limit`` characters), or its type name when it has none:
+    library messages (torch signatures, h5py, zipfile) often run over several lines, a user error is one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -25,14 +25,14 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from atomnet.data.spool import Spool
 from atomnet.data.table import MoleculeTable
-from atomnet.errors import DataFormatError
+from atomnet.errors import DataFormatError, first_line
 from atomnet.files import atomic_output
 from atomnet.units import internal_unit, length_factor, unit_factor
 
 
 def _one_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    """``Type: first line of the message`` (ASE's parsers raise many exception types)."""
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 _PROPERTIES = re.compile(rb"""Properties=["']?([^\s"']+)""")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomnet.errors import DataFormatError
+from atomnet.errors import DataFormatError, first_line
 from atomnet.files import atomic_output
 
 
@@ -187,8 +187,7 @@ def load_split(path: str | os.PathLike, n: int | None = None) -> Split:
     except DataFormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - zip/pickle/format errors all mean: not a split file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataFormatError(path, f"not a readable split .npz file: {first[:300]}") from None
+        raise DataFormatError(path, f"not a readable split .npz file: {first_line(exc)}") from None
     for k, a in arrays.items():
         if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
             raise DataFormatError(path, f"array {k!r} must be a 1-d integer array, got {a.dtype} {a.shape}")

@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from atomnet.data.table import MoleculeTable
-from atomnet.errors import DataFormatError
+from atomnet.errors import DataFormatError, first_line
 from atomnet.files import atomic_output
 from atomnet.units import internal_unit, unit_factor
 
@@ -373,8 +373,7 @@ class Store:
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             if isinstance(exc, DataFormatError):
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataFormatError(self.path, f"corrupt store: {first[:300]}") from None
+            raise DataFormatError(self.path, f"corrupt store: {first_line(exc)}") from None
 
     def _check_version(self) -> None:
         """Attributes of the file, its format tag and version."""

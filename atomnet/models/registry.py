@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from atomnet.errors import AtomNetError
+from atomnet.errors import AtomNetError, first_line
 from atomnet.files import atomic_output
 from atomnet.models.base import AtomisticModel
 from atomnet.models.cmnet import CMNet
@@ -58,8 +58,7 @@ def build_model(name: str, **hparams) -> AtomisticModel:
     try:
         return cls(**hparams)
     except TypeError as exc:  # torch's messages list every signature on its own line: keep the first
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise AtomNetError(f"model {name!r}: {first[:300]}") from None
+        raise AtomNetError(f"model {name!r}: {first_line(exc)}") from None
 
 
 def model_to_dict(model: AtomisticModel, meta: dict | None = None) -> dict:
@@ -157,7 +156,7 @@ def build_checked(name, hparams, state_dict, source: str) -> AtomisticModel:
         message = str(exc)
         raise AtomNetError(message if message.startswith(source) else f"{source}: {message}") from None
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, MemoryError, ArithmeticError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         if "state_dict" in first or "size mismatch" in first:
             raise AtomNetError(
                 f"{source}: weights do not match the model's hyperparameters ({first})"
