@@ -54,24 +54,35 @@ def write_water_extxyz(path: str | Path, target_bytes: int, n_water: int = 64, s
     return {"bytes": os.path.getsize(path), "frames": frames, "atoms": frames * n}
 
 
+#: A small launcher between the caller and the measured command. Linux carries a process's peak RSS across
+#: fork and exec, so a command started straight from a large process (pytest after hundreds of tests) would report
+#: that process's peak; started from this launcher it inherits only the launcher's few MiB. It prints the
+#: command's ``ru_maxrss`` (KiB) and exit code.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(argv: list[str], env: dict | None = None, cwd: str | Path | None = None) -> dict:
-    """Run ``argv`` as a child process; its exit status, wall time (s) and peak RSS (MiB, ``ru_maxrss`` of
-    that child from ``os.wait4``)."""
+    """Run ``argv`` (``argv[0]`` an absolute path) as a child process through :data:`LAUNCHER`; its wall time (s)
+    and peak RSS (MiB, ``ru_maxrss`` of that child from ``os.wait4``). A failing command raises RuntimeError."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", LAUNCHER, *map(str, argv)], env=env, cwd=cwd, capture_output=True
+    )
     wall = time.perf_counter() - start
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    proc.stderr.close()
+    fields = proc.stdout.decode().split()
+    code = int(fields[1]) if len(fields) == 2 else proc.returncode or 1
     if code != 0:
-        raise RuntimeError(f"{' '.join(map(str, argv))} failed ({code}): {err.decode()[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+        raise RuntimeError(f"{' '.join(map(str, argv))} failed ({code}): {proc.stderr.decode()[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(int(fields[0]) / 1024, 1)}
 
 
 def convert_argv(source: Path, output: Path, *flags: str) -> list[str]:

@@ -119,6 +119,24 @@ def test_bench_peers_atomnet_only_report(shared_data, tmp_path):
     assert report["results"]["load_qm9"]["atomnet"]["n_molecules"] == 40
     assert 0 < report["ceiling"]["fraction"] < 1.5 and report["ceiling"]["step_matmul_gflop"] > 0
     assert "train_energy_qm9" in (tmp_path / "peers.md").read_text()
+    assert not (tmp_path / "peers.png").exists()  # no peer ran: no ratio to draw
+
+    # the ratios and their figure, from results of the worker's shape (a peer twice as slow, half the memory)
+    results = {
+        "train_energy_qm9": {
+            "atomnet": train,
+            "pyg": {
+                **train,
+                "model_mol_per_s": train["model_mol_per_s"] / 2,
+                "end_to_end_mol_per_s": train["end_to_end_mol_per_s"] / 2,
+                "peak_rss_mib": 2 * train["peak_rss_mib"],
+            },
+        }
+    }
+    ratios = script.ratios(results)["train_energy_qm9"]
+    assert ratios["model_mol_per_s"] == {"ratio": 2.0, "best_peer": "pyg"}
+    assert ratios["peak_rss"]["ratio"] == 0.5
+    script.plot({**report, "ratios": {"train_energy_qm9": ratios}}, tmp_path / "peers.png")
     assert (tmp_path / "peers.png").read_bytes().startswith(b"\x89PNG")
 
 
