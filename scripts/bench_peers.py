@@ -159,7 +159,9 @@ class AtomnetAdapter:
 
         model = SchNet(**HP, max_z=99)
         model = tabulate_filters(model) if tabulate else model
-        if compile:  # the calculator's recipe: a frozen copy (no weight gradients), one-thread element-wise kernels
+        if (
+            compile
+        ):  # the calculator's recipe: a frozen copy (no weight gradients), one-thread element-wise kernels
             from atomnet.calculator import _compiled
 
             model = _compiled(model)
@@ -740,6 +742,15 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | {fold['atomnet'][key]:.3f} | {fold['qmllib'][key]:.3f} |")
     elif krr:
         lines.append(f"\nKRR benchmark failed: `{krr['error']}`")
+    explain = report.get("explain")
+    if explain and "rows" in explain:
+        lines += ["", "Explanations (atomnet only: neither peer ships relevance methods for its SchNet; "
+                  "`scripts/bench_explain.py`, the shipped models):", "",
+                  "| case | method | ms / molecule | × forward + backward |", "|---|---|---:|---:|"]  # fmt: skip
+        for r in explain["rows"]:
+            lines.append(f"| {r['case']} | {r['method']} | {r['ms_per_molecule']:.3f} | {r['ratio']:.2f} |")
+    elif explain:
+        lines.append(f"\nExplanation benchmark failed: `{explain['error']}`")
     c = report.get("ceiling")
     if c:
         lines += [
@@ -811,6 +822,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--krr", action="store_true", help="also KRR fit/predict vs qmllib (bench_krr_qmllib.py)"
     )
     parser.add_argument("--out", default=str(OUT), help="folder for peers.json, peers.md, peers.png")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also every explanation method's cost (scripts/bench_explain.py)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "PACKAGE"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -843,12 +859,14 @@ def main(argv: list[str] | None = None) -> dict:
         extra["md"] = side_report(["bench_md.py", "--threads", str(args.threads), "--repeats", "3"], args)
     if args.krr:
         extra["krr"] = side_report(["bench_krr_qmllib.py", "--folds-run", "1"], args)
+    if args.explain:
+        extra["explain"] = side_report(["bench_explain.py", "--threads", str(args.threads)], args)
     report = dict(
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         cpu=cpu_name(),
         threads=args.threads,
         repeats=args.repeats,
-        tcmalloc=any(r.get("tcmalloc") for bp in results.values() for r in bp.values()),
+        tcmalloc=TCMALLOC in worker_env(args).get("LD_PRELOAD", ""),
         versions=versions(),
         hyperparameters=HP,
         command="python scripts/bench_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),

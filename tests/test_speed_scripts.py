@@ -176,3 +176,18 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
             assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
         for (cls, name), fn in originals.items():
             setattr(cls, name, fn)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bench_explain_times_every_registered_method(shared_data, tmp_path):
+    """``scripts/bench_explain.py`` (in bench_peers' report) runs every method, fitted ones included."""
+    import json
+
+    from atomnet.explain import list_methods
+
+    script = load_script("bench_explain")
+    out = tmp_path / "explain.json"
+    assert script.main(["--batch", "2", "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["method"] for r in rows} == set(list_methods()) and len(rows) == 2 * len(list_methods())
+    assert all(r["ms_per_molecule"] > 0 and r["ratio"] > 0 for r in rows)
