@@ -246,10 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
         peak = tasks.get("forces", {}).get("peak_rss_mib")
         print(f"| {variant} | {cells[0]} | {cells[1]} | {f'{peak:,.0f}' if peak else '—'} |")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps(dict(threads=args.threads, chunk=args.chunk, results=results), indent=1))
-        os.replace(tmp, args.json)
+        from atomnet.baselines.commands import write_json
+
+        write_json(args.json, dict(threads=args.threads, chunk=args.chunk, results=results))
     return results
 
 

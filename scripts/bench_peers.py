@@ -55,6 +55,9 @@ from pathlib import Path
 
 import numpy as np
 
+from atomnet.baselines.commands import write_json
+from atomnet.files import atomic_output, save_figure
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 QM9 = SHARED / "qm9" / "qm9_subset.tar.bz2"
@@ -114,10 +117,7 @@ def raw_molecules(system: str, n: int, seed: int = 0) -> list[dict]:
             for a, e in zip(frames, energies, strict=True)
         ]
     if system == "c7h12o2":
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from bench_md import small_molecule
-
-        atoms = small_molecule()
+        atoms = bench_md().small_molecule()
         return [
             dict(
                 numbers=atoms.numbers.astype(np.int64),
@@ -130,6 +130,14 @@ def raw_molecules(system: str, n: int, seed: int = 0) -> list[dict]:
             for _ in range(n)
         ]
     raise ValueError(f"unknown system {system!r}")
+
+
+def bench_md():
+    """``scripts/bench_md.py`` (the 21-atom molecule and the schnetpack import shims live there)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_md
+
+    return bench_md
 
 
 def radius_pairs(pos, batch, n_atoms, cutoff: float):
@@ -262,10 +270,7 @@ class SchnetpackAdapter:
     per-molecule ``MatScipyNeighborList`` and ``_atoms_collate_fn``."""
 
     def __init__(self, forces: bool):
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from bench_md import import_schnetpack
-
-        spk = import_schnetpack()
+        spk = bench_md().import_schnetpack()
         import schnetpack.transform as trn
         from schnetpack.data.loader import _atoms_collate_fn
 
@@ -464,10 +469,7 @@ def load_worker(package: str, args) -> dict:
     elif package == "schnetpack":
         from ase import Atoms
 
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from bench_md import import_schnetpack
-
-        spk = import_schnetpack()
+        spk = bench_md().import_schnetpack()
         import schnetpack.transform as trn
 
         path = str(Path(tmp.name) / "qm9.db")
@@ -791,16 +793,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_title(f"atomnet vs schnetpack / PyG, {report['threads']} threads, {report['date']}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=130)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -877,8 +870,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "peers.json", json.dumps(report, indent=1))
-    write_atomic(out / "peers.md", markdown(report))
+    write_json(out / "peers.json", report)
+    with atomic_output(out / "peers.md") as tmp:
+        tmp.write_text(markdown(report))
     if any(report["ratios"].values()):
         plot(report, out / "peers.png")
     print(markdown(report))
