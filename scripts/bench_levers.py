@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -170,7 +169,7 @@ def worker(variant: str, forces: bool, args) -> dict:
         for k in range(len(batches)):
             step(k)
         times.append((time.perf_counter() - t0) / len(batches) * 1e3)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = bench_peers.peak_rss_mib()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
