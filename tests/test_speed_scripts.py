@@ -191,3 +191,13 @@ def test_bench_explain_times_every_registered_method(shared_data, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["method"] for r in rows} == set(list_methods()) and len(rows) == 2 * len(list_methods())
     assert all(r["ms_per_molecule"] > 0 and r["ratio"] > 0 for r in rows)
+
+
+def test_bench_peers_refuses_unknown_case_or_package(capsys):
+    """A misspelt case or package is a one-line usage error naming it, before anything runs."""
+    script = load_script("bench_peers")
+    for argv in (["--cases", "train_energy_qm10"], ["--packages", "atomnet,dgl"]):
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(argv)
+        assert exit_info.value.code == 2
+        assert argv[1].split(",")[-1] in capsys.readouterr().err
