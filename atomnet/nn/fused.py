@@ -1,0 +1,209 @@
+"""Fused continuous-filter convolution on CPU: m_i = Σ_j x_j ∘ W_ij without (n_pairs × F) intermediates.
+
+The plain path of :class:`~atomnet.nn.cfconv.CFConv` gathers x_j into an (n_pairs, F) array, multiplies it by the
+filters into a second one and sums that onto the centres with ``index_add``; its backward makes three more
+(n_pairs, F) passes. On CPU these passes are bound by memory bandwidth and took more time than the matrix
+products of a SchNet training step (``scripts/bench_levers.py --profile``, ``docs/performance.md``). The two
+kernels in ``kernels/cfconv.cpp`` read each filter row once and accumulate straight into the atoms:
+
+- ``conv(x, W; i, j)``: out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h}   (n_atoms, F)
+- ``outer(a, b; i, j)``: G_q = Σ_{p: p mod h = q} a_{i_p} ∘ b_{j_p}      (h, F)
+
+with h the number of filter rows (h = n_pairs, or n_pairs / 2 for a mirrored pair list whose pair p + h reverses
+pair p: one filter per unordered pair). They are closed under differentiation, which is what force training
+(a double backward) needs:
+
+- ∂L/∂x = conv(g, W; j, i), ∂L/∂W = outer(g, x; i, j) for out = conv(x, W; i, j) and upstream gradient g;
+- ∂L/∂a = conv(b, Γ; i, j), ∂L/∂b = conv(a, Γ; j, i) for G = outer(a, b; i, j) and upstream gradient Γ.
+
+Both are tested against the plain path and by ``torch.autograd.gradcheck`` / ``gradgradcheck`` in float64
+(``tests/test_fused_cfconv.py``). The sums run in a different order than ``index_add``, so float32 results agree
+with the plain path to round-off (≈1e-7 relative), not bit for bit.
+
+The kernels are compiled once per machine with ``torch.utils.cpp_extension`` (g++ and ninja, ~1 min) into
+``$ATOMNET_KERNEL_DIR`` (default ``~/.cache/atomnet/kernels``); ``python -m atomnet.nn.fused`` builds them ahead.
+A failed build is recorded there and the plain path is used, with one warning. ``ATOMNET_FUSED=0`` turns them off.
+They are used only on CPU, for plain tensors (not under ``torch.compile``, ``torch.export`` or tracing), and not
+while something hooks the parts of a CFConv (explanations attach their rules to those parts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels") / "cfconv.cpp"
+_state: dict[str, ModuleType | None] = {}
+
+
+def kernel_dir() -> Path:
+    """Where the compiled kernels live: ``$ATOMNET_KERNEL_DIR`` or ``~/.cache/atomnet/kernels``, one folder per
+    source, torch, Python and CPU (the build uses ``-march=native``)."""
+    root = os.environ.get("ATOMNET_KERNEL_DIR")
+    base = (
+        Path(root)
+        if root
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atomnet" / "kernels"
+    )
+    tag = hashlib.sha256(
+        SOURCE.read_bytes() + f"{torch.__version__} {sys.version} {platform.machine()} {_cpu_id()}".encode()
+    ).hexdigest()[:16]
+    return base / f"cfconv_{tag}"
+
+
+def _cpu_id() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    first = {}
+    for ln in lines:
+        key = ln.split(":")[0].strip()
+        if key in ("model name", "flags"):
+            first.setdefault(key, ln)
+    return " ".join(first.values())
+
+
+def enabled() -> bool:
+    """Whether the fused path may be used at all (``ATOMNET_FUSED`` unset or not ``0``)."""
+    return os.environ.get("ATOMNET_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def load(verbose: bool = False) -> ModuleType | None:
+    """The compiled kernels (built on first use), or ``None`` when disabled or the build failed."""
+    if "module" in _state:
+        return _state["module"]
+    module = None
+    if enabled():
+        build = kernel_dir()
+        failed = build / "FAILED"
+        if failed.is_file():
+            _warn(failed.read_text().strip())
+        else:
+            module = _build(build, verbose)
+    _state["module"] = module
+    return module
+
+
+def _build(build: Path, verbose: bool) -> ModuleType | None:
+    from torch.utils import cpp_extension
+
+    build.mkdir(parents=True, exist_ok=True)
+    _ninja_on_path()
+    fresh = not any(build.glob("*.so"))
+    if fresh:
+        print(
+            f"atomnet: compiling the fused cfconv kernel once (about a minute) into {build}", file=sys.stderr
+        )
+    t0 = time.perf_counter()
+    try:
+        module = cpp_extension.load(
+            name="atomnet_cfconv",
+            sources=[str(SOURCE)],
+            build_directory=str(build),
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=verbose,
+        )
+    except Exception as exc:  # compiler missing, headers missing, ninja missing: the plain path still works
+        from atomnet.errors import first_line
+
+        message = (
+            f"atomnet: the fused cfconv kernel could not be built ({first_line(exc)}); using the plain path"
+        )
+        (build / "FAILED").write_text(message + "\n")
+        _warn(message)
+        return None
+    if fresh:
+        print(f"atomnet: fused cfconv kernel ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return module
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the ``ninja`` wheel (a dependency) may sit in an environment
+    whose bin folder is not on PATH (a venv's python run by its full path)."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether these tensors may go through the fused kernels: CPU, float32/float64, plain ``torch.Tensor``
+    (not fake, functional or other subclasses), and no compiler or tracer running."""
+    if not enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.device.type != "cpu":
+            return False
+    return tensors[0].dtype in (torch.float32, torch.float64) and load() is not None
+
+
+class _Conv(torch.autograd.Function):
+    """out = conv(x, W; i, j), out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h}."""
+
+    @staticmethod
+    def forward(ctx, x, filters, pair_i, pair_j):
+        ctx.save_for_backward(x, filters, pair_i, pair_j)
+        return _state["module"].conv(x, filters, pair_i, pair_j, x.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, filters, pair_i, pair_j = ctx.saved_tensors
+        grad_x = grad_filters = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _Conv.apply(grad, filters, pair_j, pair_i)
+        if ctx.needs_input_grad[1]:
+            grad_filters = _Outer.apply(grad, x, pair_i, pair_j, filters.shape[0])
+        return grad_x, grad_filters, None, None
+
+
+class _Outer(torch.autograd.Function):
+    """G = outer(a, b; i, j), G_q = Σ_{p: p mod h = q} a_{i_p} ∘ b_{j_p}."""
+
+    @staticmethod
+    def forward(ctx, a, b, pair_i, pair_j, h):
+        ctx.save_for_backward(a, b, pair_i, pair_j)
+        return _state["module"].outer(a, b, pair_i, pair_j, h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, pair_i, pair_j = ctx.saved_tensors
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = _Conv.apply(b, grad, pair_i, pair_j)
+        if ctx.needs_input_grad[1]:
+            grad_b = _Conv.apply(a, grad, pair_j, pair_i)
+        return grad_a, grad_b, None, None, None
+
+
+def fused_cfconv(
+    x: torch.Tensor, filters: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.Tensor
+) -> torch.Tensor:
+    """m_i = Σ_j x_j ∘ W_ij through the fused kernels (call :func:`usable` first).
+
+    Shapes: x (n_atoms, F), filters (h, F) with h = n_pairs or n_pairs / 2 (mirrored), pair_i/pair_j
+    (n_pairs,) int64 → (n_atoms, F)."""
+    return _Conv.apply(x.contiguous(), filters.contiguous(), pair_i, pair_j)
+
+
+if __name__ == "__main__":  # python -m atomnet.nn.fused: build the kernels ahead (setup.sh, CI)
+    built = load(verbose="--verbose" in sys.argv)
+    print(f"fused cfconv kernel: {'ready in ' + str(kernel_dir()) if built else 'not available'}")
+    raise SystemExit(0)

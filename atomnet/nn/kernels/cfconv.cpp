@@ -1,0 +1,121 @@
+// Fused continuous-filter convolution kernels for CPU (atomnet.nn.fused).
+//
+// conv:  out[i_p] += x[j_p] * w[p mod h]              (n_atoms, F); no (n_pairs, F) intermediate
+// outer: g_w[q]    = sum over the pairs p with p mod h = q of a[i_p] * b[j_p]    (h, F)
+//
+// h is the number of filter rows: h = n_pairs (one filter per directed pair) or h = n_pairs / 2 (a mirrored
+// pair list, pair p + h reverses pair p, one filter per unordered pair). The two kernels are closed under
+// differentiation (atomnet/nn/fused.py), so forces and force training (double backward) use them too.
+// Threads: the pairs are cut into one contiguous block per thread; conv accumulates each block into its own
+// (n_atoms, F) buffer and sums the buffers in a fixed order (deterministic for a given thread count).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+namespace {
+
+template <typename T>
+inline void axpy_product(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t f) {
+  for (int64_t c = 0; c < f; ++c) out[c] += a[c] * b[c];
+}
+
+template <typename T>
+void conv_block(const T* x, const T* w, const int64_t* pi, const int64_t* pj, T* out, int64_t f, int64_t h,
+                int64_t n_pairs, int64_t q0, int64_t q1) {
+  const bool mirrored = n_pairs == 2 * h;
+  for (int64_t q = q0; q < q1; ++q) {
+    const T* wq = w + q * f;
+    axpy_product(out + pi[q] * f, x + pj[q] * f, wq, f);
+    if (mirrored) axpy_product(out + pi[q + h] * f, x + pj[q + h] * f, wq, f);
+  }
+}
+
+void check(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& pi, const torch::Tensor& pj,
+           int64_t h) {
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "fused cfconv: CPU tensors only");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), "fused cfconv: (n, F) inputs");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fused cfconv: inputs of one dtype");
+  TORCH_CHECK(pi.scalar_type() == torch::kLong && pj.scalar_type() == torch::kLong, "fused cfconv: int64 pairs");
+  TORCH_CHECK(pi.numel() == pj.numel() && (pi.numel() == h || pi.numel() == 2 * h), "fused cfconv: pair count");
+}
+
+}  // namespace
+
+// out (n_atoms, F) with out[i_p] = sum_p x[j_p] * w[p mod h]
+torch::Tensor conv(torch::Tensor x, torch::Tensor w, torch::Tensor pi, torch::Tensor pj, int64_t n_atoms) {
+  check(x, w, pi, pj, w.size(0));
+  x = x.contiguous(); w = w.contiguous(); pi = pi.contiguous(); pj = pj.contiguous();
+  const int64_t f = x.size(1), h = w.size(0), n_pairs = pi.numel();
+  auto out = torch::zeros({n_atoms, f}, x.options());
+  if (h == 0 || f == 0) return out;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), h / 256));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "atomnet_conv", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const int64_t* ip = pi.data_ptr<int64_t>();
+    const int64_t* jp = pj.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    if (threads == 1) {
+      conv_block(xp, wp, ip, jp, op, f, h, n_pairs, 0, h);
+      return;
+    }
+    std::vector<torch::Tensor> partial(threads - 1);
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t q0 = h * t / threads, q1 = h * (t + 1) / threads;
+        scalar_t* target = op;
+        if (t > 0) {
+          partial[t - 1] = torch::zeros({n_atoms, f}, x.options());
+          target = partial[t - 1].data_ptr<scalar_t>();
+        }
+        conv_block(xp, wp, ip, jp, target, f, h, n_pairs, q0, q1);
+      }
+    });
+    const int64_t total = n_atoms * f;
+    at::parallel_for(0, total, 4096, [&](int64_t a0, int64_t a1) {
+      for (int64_t t = 0; t < threads - 1; ++t) {
+        const scalar_t* src = partial[t].data_ptr<scalar_t>();
+        for (int64_t k = a0; k < a1; ++k) op[k] += src[k];
+      }
+    });
+  });
+  return out;
+}
+
+// g_w (h, F) with g_w[q] = sum over p with p mod h = q of a[i_p] * b[j_p]
+torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor pi, torch::Tensor pj, int64_t h) {
+  check(a, b, pi, pj, h);
+  a = a.contiguous(); b = b.contiguous(); pi = pi.contiguous(); pj = pj.contiguous();
+  const int64_t f = a.size(1), n_pairs = pi.numel();
+  auto out = torch::empty({h, f}, a.options());
+  if (h == 0 || f == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "atomnet_outer", [&] {
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    const int64_t* ip = pi.data_ptr<int64_t>();
+    const int64_t* jp = pj.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const bool mirrored = n_pairs == 2 * h;
+    at::parallel_for(0, h, 256, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        scalar_t* __restrict__ o = op + q * f;
+        const scalar_t* __restrict__ a1 = ap + ip[q] * f;
+        const scalar_t* __restrict__ b1 = bp + jp[q] * f;
+        if (mirrored) {
+          const scalar_t* __restrict__ a2 = ap + ip[q + h] * f;
+          const scalar_t* __restrict__ b2 = bp + jp[q + h] * f;
+          for (int64_t c = 0; c < f; ++c) o[c] = a1[c] * b1[c] + a2[c] * b2[c];
+        } else {
+          for (int64_t c = 0; c < f; ++c) o[c] = a1[c] * b1[c];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("conv", &conv, "out[i_p] += x[j_p] * w[p mod h]");
+  m.def("outer", &outer, "g_w[p mod h] += a[i_p] * b[j_p]");
+}

@@ -1,0 +1,178 @@
+"""The fused cfconv kernels (atomnet.nn.fused) against the plain module path, finite differences and gradcheck."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from ase.build import molecule
+
+from atomnet.data import batch_from_atoms
+from atomnet.models import build_model
+from atomnet.nn import fused
+from atomnet.nn.cfconv import CFConv
+from atomnet.potential import Potential
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    """The kernels must build on the machines atomnet supports (g++ and ninja); a failure here is a real one."""
+    if not fused.enabled():
+        pytest.skip("ATOMNET_FUSED=0 is set")
+    assert fused.load() is not None, "the fused cfconv kernel did not build (see the warning above)"
+
+
+def reference(x, filters, pair_i, pair_j):
+    """m_i = Σ_j x_j ∘ W_ij written out directly: gather, product (one filter for both directions of a mirrored
+    list), index_add."""
+    gathered, h = x[pair_j], filters.shape[0]
+    w = torch.cat([filters, filters]) if pair_i.numel() == 2 * h else filters
+    return torch.zeros_like(x).index_add(0, pair_i, gathered * w)
+
+
+def pairs(n: int, mirrored: bool, seed: int = 0):
+    """All pairs of n atoms (mirrored: [i < j; reversed]) or a random directed list with repeats."""
+    if mirrored:
+        i, j = torch.triu_indices(n, n, 1)
+        return torch.cat([i, j]), torch.cat([j, i]), i.numel()
+    g = torch.Generator().manual_seed(seed)
+    i, j = torch.randint(0, n, (3 * n,), generator=g), torch.randint(0, n, (3 * n,), generator=g)
+    return i, j, i.numel()
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_equals_reference(mirrored, threads):
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(1)
+        for n, f in ((9, 5), (700, 64)):  # 700 atoms: enough pairs for one block per thread
+            i, j, h = pairs(n, mirrored)
+            x, w = torch.randn(n, f, dtype=torch.float64), torch.randn(h, f, dtype=torch.float64)
+            torch.testing.assert_close(
+                fused.fused_cfconv(x, w, i, j), reference(x, w, i, j), rtol=1e-12, atol=1e-12
+            )
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_gradients_and_second_derivatives(mirrored):
+    """gradcheck / gradgradcheck (finite differences, float64) of x and W, as force training needs."""
+    torch.manual_seed(2)
+    i, j, h = pairs(6, mirrored)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(h, 3, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w: fused.fused_cfconv(x, w, i, j)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_empty_pair_list():
+    x = torch.randn(3, 4, requires_grad=True)
+    w = torch.zeros(0, 4, requires_grad=True)
+    empty = torch.zeros(0, dtype=torch.long)
+    out = fused.fused_cfconv(x, w, empty, empty)
+    assert torch.equal(out, torch.zeros(3, 4))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros(3, 4))
+
+
+def schnet_potential() -> Potential:
+    torch.manual_seed(0)
+    model = build_model(
+        "schnet", n_atom_basis=16, n_filters=16, n_interactions=2, n_rbf=20, cutoff=4.0, max_z=20
+    )
+    return Potential(model).double().train()
+
+
+def force_training_step(pot: Potential, batch) -> tuple[dict, list[torch.Tensor]]:
+    """Energies, forces and the parameter gradients of an energy + force loss (a double backward)."""
+    pot.zero_grad()
+    out = pot(batch, forces=True, create_graph=True)
+    loss = (out["energy"] ** 2).sum() + (out["forces"] ** 2).sum()
+    loss.backward()
+    return out, [p.grad.clone() for p in pot.parameters() if p.grad is not None]
+
+
+def test_schnet_fused_equals_plain_path(monkeypatch):
+    """The whole model: energies, forces and force-training gradients equal the plain module path (float64)."""
+    pot = schnet_potential()
+    batch = batch_from_atoms([molecule("CH3CH2OH"), molecule("C6H6")], cutoff=4.0, dtype=torch.float64)
+    assert batch.mirrored
+    calls = []
+    original = fused._Conv.forward
+    monkeypatch.setattr(fused._Conv, "forward", staticmethod(lambda *a: calls.append(1) or original(*a)))
+    out_fused, grads_fused = force_training_step(pot, batch)
+    assert calls, "the fused kernel was not used"
+    monkeypatch.setenv("ATOMNET_FUSED", "0")
+    calls.clear()
+    out_plain, grads_plain = force_training_step(pot, batch)
+    assert not calls
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(out_fused[key], out_plain[key], rtol=1e-12, atol=1e-12)
+    assert len(grads_fused) == len(grads_plain) > 0
+    for a, b in zip(grads_fused, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_fused_matches_float64_to_round_off():
+    torch.manual_seed(3)
+    i, j, h = pairs(40, mirrored=True)
+    x, w = torch.randn(40, 32, dtype=torch.float64), torch.randn(h, 32, dtype=torch.float64)
+    exact = reference(x, w, i, j)
+    approx = fused.fused_cfconv(x.float(), w.float(), i, j).double()
+    assert ((approx - exact).abs().max() / exact.abs().max()).item() < 1e-6
+
+
+def test_hooked_parts_run_as_modules():
+    """A hook on a part of the CFConv (as explanation rules attach) sees it run: the fused path steps aside."""
+    conv = CFConv()
+    i, j, h = pairs(5, mirrored=True)
+    x, w = torch.randn(5, 4), torch.randn(h, 4)
+    seen = []
+    handle = conv.gather.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    try:
+        hooked = conv(x, w, i, j)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([2 * h, 4])]
+    torch.testing.assert_close(hooked, conv(x, w, i, j))
+    assert conv._fusable(x, w, i) and not conv._fusable(x, w[:, :1], i)  # (h, 1) filters: plain path
+
+
+def test_failed_build_falls_back_with_one_warning(tmp_path, monkeypatch):
+    """A compiler error is recorded next to the build, warned about once, and the plain path still works."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("ATOMNET_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_state", {})
+
+    def broken(**kwargs):
+        raise RuntimeError("Error building extension 'atomnet_cfconv': g++ not found\nmore lines")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    with pytest.warns(RuntimeWarning, match="could not be built .*g\\+\\+ not found.*plain path"):
+        assert fused.load() is None
+    assert "g++ not found" in (fused.kernel_dir() / "FAILED").read_text()
+    monkeypatch.setattr(fused, "_state", {})  # a later process reads the record instead of compiling again
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("compiled again"))
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert fused.load() is None
+    i, j, h = pairs(5, mirrored=True)
+    x, w = torch.randn(5, 4, dtype=torch.float64), torch.randn(h, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(CFConv()(x, w, i, j), reference(x, w, i, j))
+
+
+def test_not_used_under_torch_compile_tracing():
+    """Fake tensors (torch.compile, torch.export) never reach the C++ kernels."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.randn(4, 3)
+    assert not fused.usable(x)
+    assert fused.usable(torch.randn(4, 3)) and not fused.usable(torch.randn(4, 3, dtype=torch.float16))
