@@ -7,14 +7,17 @@ training step over ``--repeats`` passes of 5 batches after 2 warm-up passes.
 
 Variants:
 
-- ``baseline``: atomnet as shipped (glibc malloc tuned by ``atomnet.runtime.tune_allocator``);
+- ``baseline``: atomnet as shipped (glibc malloc tuned by ``atomnet.runtime.tune_allocator``, the C++ fused cfconv
+  kernels of ``atomnet.nn.fused``);
+- ``plain-cfconv``: ``ATOMNET_FUSED=0``, the cfconv as three module calls (gather, product, ``index_add``): atomnet
+  before the C++ kernels;
 - ``glibc-default``: ``ATOMNET_MALLOC=default`` (glibc's own mmap/trim thresholds);
 - ``tcmalloc``: ``libtcmalloc_minimal.so.4`` preloaded (if installed);
 - ``chunked-pairs``: the filter network and cfconv evaluated over blocks of ``--chunk`` unordered pairs, so the
   (pairs × F) intermediates of a block could stay in cache;
 - ``one-first-layer``: the first layer of all filter networks as one (n_rbf → T·F) matrix product (they share the
   radial basis), split per interaction;
-- ``fused-cfconv``: gather × filter → neighbour sum as one autograd function that saves only the atom features
+- ``python-fused-cfconv``: gather × filter → neighbour sum as one Python autograd function of torch ops that saves only the atom features
   and the filters (not the (pairs × F) gathered features) and recomputes the gathers in its backward, which is
   itself differentiable (its input gradient is the same function with i and j swapped), so force training's
   double backward works; gives the same energies, forces and parameter gradients (checked in float64);
@@ -40,7 +43,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
-    "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "fused-cfconv", "compiled"
+    "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "python-fused-cfconv",
+    "plain-cfconv", "compiled"
 )  # fmt: skip
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -130,7 +134,7 @@ def worker(variant: str, forces: bool, args) -> dict:
         patch_chunked(args.chunk)
     if variant == "one-first-layer":
         patch_one_first_layer()
-    if variant == "fused-cfconv":
+    if variant == "python-fused-cfconv":
         patch_fused_cfconv()
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_peers
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         if variant == "glibc-default":
             env["ATOMNET_MALLOC"] = "default"
+        if variant == "plain-cfconv":
+            env["ATOMNET_FUSED"] = "0"
         if variant == "tcmalloc":
             env["LD_PRELOAD"] = str(TCMALLOC)
         for task in ("energy",) if variant == "compiled" else ("energy", "forces"):
