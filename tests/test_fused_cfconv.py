@@ -176,3 +176,28 @@ def test_not_used_under_torch_compile_tracing():
         x = torch.randn(4, 3)
     assert not fused.usable(x)
     assert fused.usable(torch.randn(4, 3)) and not fused.usable(torch.randn(4, 3, dtype=torch.float16))
+
+
+def test_hessian_takes_the_batched_backward(monkeypatch):
+    """The Hessian's vectorised backward passes (vmap) reach the kernels' gradients as batched tensors: they
+    run as torch ops there (batching rules), not row by row, and the Hessian equals the plain path's."""
+    from atomnet.potential import hessian
+
+    pot = schnet_potential().eval()
+    batch = batch_from_atoms([molecule("CH3CH2OH")], cutoff=4.0, dtype=torch.float64)
+    calls = []
+    plain_conv = fused._plain_conv
+    monkeypatch.setattr(fused, "_plain_conv", lambda *a: calls.append(1) or plain_conv(*a))
+    fast = hessian(pot.model, batch, rows_per_pass=27)
+    assert calls, "the batched backward did not reach the kernels' gradients"
+    monkeypatch.setenv("ATOMNET_FUSED", "0")
+    torch.testing.assert_close(fast, hessian(pot.model, batch, rows_per_pass=27), rtol=1e-10, atol=1e-10)
+
+
+def test_vmap_over_the_model_takes_the_plain_ops():
+    """torch.vmap over a CFConv (batched inputs, no storage) runs the plain ops and equals a loop."""
+    conv = CFConv()
+    i, j, h = pairs(5, mirrored=True)
+    x, w = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(h, 4, dtype=torch.float64)
+    batched = torch.vmap(lambda xb: conv(xb, w, i, j))(x)
+    torch.testing.assert_close(batched, torch.stack([reference(xb, w, i, j) for xb in x]))

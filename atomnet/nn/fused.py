@@ -152,7 +152,44 @@ def usable(*tensors: torch.Tensor) -> bool:
     for t in tensors:
         if type(t) is not torch.Tensor or t.device.type != "cpu":
             return False
+    if _wrapped(*tensors):
+        return False
     return tensors[0].dtype in (torch.float32, torch.float64) and load() is not None
+
+
+def _wrapped(*tensors: torch.Tensor) -> bool:
+    """Whether any tensor is batched or wrapped by a transform (``torch.vmap``, or the batched backward passes of
+    ``autograd.grad(is_grads_batched=True)`` in :func:`atomnet.potential.hessian`): those take the plain torch ops,
+    which have batching rules; the kernels need real storage."""
+    functorch = torch._C._functorch
+    return any(
+        functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t) for t in tensors
+    )
+
+
+def _plain_conv(x, filters, pair_i, pair_j):
+    """conv(x, W; i, j) as torch ops (the same function; used under vmap)."""
+    h = filters.shape[-2]
+    w = torch.cat([filters, filters], dim=-2) if pair_i.shape[0] == 2 * h else filters
+    return torch.zeros_like(x).index_add(0, pair_i, x.index_select(0, pair_j) * w)
+
+
+def _plain_outer(a, b, pair_i, pair_j, h):
+    """outer(a, b; i, j) as torch ops (the same function; used under vmap)."""
+    product = a.index_select(0, pair_i) * b.index_select(0, pair_j)
+    return product[:h] + product[h:] if pair_i.shape[0] == 2 * h else product
+
+
+def _conv(x, filters, pair_i, pair_j):
+    if _wrapped(x, filters):
+        return _plain_conv(x, filters, pair_i, pair_j)
+    return _Conv.apply(x, filters, pair_i, pair_j)
+
+
+def _outer(a, b, pair_i, pair_j, h):
+    if _wrapped(a, b):
+        return _plain_outer(a, b, pair_i, pair_j, h)
+    return _Outer.apply(a, b, pair_i, pair_j, h)
 
 
 class _Conv(torch.autograd.Function):
@@ -168,9 +205,9 @@ class _Conv(torch.autograd.Function):
         x, filters, pair_i, pair_j = ctx.saved_tensors
         grad_x = grad_filters = None
         if ctx.needs_input_grad[0]:
-            grad_x = _Conv.apply(grad, filters, pair_j, pair_i)
+            grad_x = _conv(grad, filters, pair_j, pair_i)
         if ctx.needs_input_grad[1]:
-            grad_filters = _Outer.apply(grad, x, pair_i, pair_j, filters.shape[0])
+            grad_filters = _outer(grad, x, pair_i, pair_j, filters.shape[0])
         return grad_x, grad_filters, None, None
 
 
@@ -187,9 +224,9 @@ class _Outer(torch.autograd.Function):
         a, b, pair_i, pair_j = ctx.saved_tensors
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = _Conv.apply(b, grad, pair_i, pair_j)
+            grad_a = _conv(b, grad, pair_i, pair_j)
         if ctx.needs_input_grad[1]:
-            grad_b = _Conv.apply(a, grad, pair_j, pair_i)
+            grad_b = _conv(a, grad, pair_j, pair_i)
         return grad_a, grad_b, None, None, None
 
 
