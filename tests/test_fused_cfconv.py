@@ -201,3 +201,13 @@ def test_vmap_over_the_model_takes_the_plain_ops():
     x, w = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(h, 4, dtype=torch.float64)
     batched = torch.vmap(lambda xb: conv(xb, w, i, j))(x)
     torch.testing.assert_close(batched, torch.stack([reference(xb, w, i, j) for xb in x]))
+
+
+def test_unusable_kernel_dir_falls_back_with_a_warning(tmp_path, monkeypatch):
+    """ATOMNET_KERNEL_DIR naming a file (no folder can be made there): one warning, no traceback, plain path."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("ATOMNET_KERNEL_DIR", str(blocker))
+    monkeypatch.setattr(fused, "_state", {})
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert fused.load() is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from atomnet.nn import fused
 from atomnet.nn.activations import ShiftedSoftplus
@@ -67,8 +68,6 @@ class CFConv(nn.Module):
 
 def _hooked(*modules: nn.Module) -> bool:
     """Whether a forward hook (of these modules or a global one) would observe the parts."""
-    from torch.nn.modules import module as torch_module
-
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)

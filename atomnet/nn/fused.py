@@ -29,6 +29,7 @@ while something hooks the parts of a CFConv (explanations attach their rules to 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -40,6 +41,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum
 
 SOURCE = Path(__file__).with_name("kernels") / "cfconv.cpp"
 _state: dict[str, ModuleType | None] = {}
@@ -97,7 +100,6 @@ def load(verbose: bool = False) -> ModuleType | None:
 def _build(build: Path, verbose: bool) -> ModuleType | None:
     from torch.utils import cpp_extension
 
-    build.mkdir(parents=True, exist_ok=True)
     _ninja_on_path()
     fresh = not any(build.glob("*.so"))
     if fresh:
@@ -106,6 +108,7 @@ def _build(build: Path, verbose: bool) -> ModuleType | None:
         )
     t0 = time.perf_counter()
     try:
+        build.mkdir(parents=True, exist_ok=True)
         module = cpp_extension.load(
             name="atomnet_cfconv",
             sources=[str(SOURCE)],
@@ -120,7 +123,8 @@ def _build(build: Path, verbose: bool) -> ModuleType | None:
         message = (
             f"atomnet: the fused cfconv kernel could not be built ({first_line(exc)}); using the plain path"
         )
-        (build / "FAILED").write_text(message + "\n")
+        with contextlib.suppress(OSError):  # an unwritable cache: warn in every process instead
+            (build / "FAILED").write_text(message + "\n")
         _warn(message)
         return None
     if fresh:
@@ -167,11 +171,12 @@ def _wrapped(*tensors: torch.Tensor) -> bool:
     )
 
 
+_GATHER, _PRODUCT, _SUM = GatherNeighbors(), FilterProduct(), NeighborSum()
+
+
 def _plain_conv(x, filters, pair_i, pair_j):
-    """conv(x, W; i, j) as torch ops (the same function; used under vmap)."""
-    h = filters.shape[-2]
-    w = torch.cat([filters, filters], dim=-2) if pair_i.shape[0] == 2 * h else filters
-    return torch.zeros_like(x).index_add(0, pair_i, x.index_select(0, pair_j) * w)
+    """conv(x, W; i, j) as CFConv's plain path (the same ops; used under vmap)."""
+    return _SUM(_PRODUCT(_GATHER(x, pair_j), filters), pair_i, x.shape[0])
 
 
 def _plain_outer(a, b, pair_i, pair_j, h):
