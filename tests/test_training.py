@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
@@ -182,3 +183,34 @@ def test_pretrained_models_load_by_name():
         assert not pot.training
         out = pot(batch_from_atoms([molecule("CH3CH2OH")], cutoff=pot.cutoff))
         assert torch.isfinite(out[keys.ENERGY]).all() and torch.isfinite(out[keys.FORCES]).all()
+
+
+def test_adam_runs_fused_and_takes_the_steps_of_the_foreach_path(tmp_path):
+    """Training's AdamW is torch's fused kernel where every parameter allows it; its steps equal the
+    reference (foreach) implementation's, weight decay included (float64, 25 steps)."""
+    from atomnet.models import build_model
+    from atomnet.potential import Potential
+    from atomnet.training.lightning_module import PotentialModule, fused_adam
+
+    cfg = tiny_config(tmp_path / "x.h5", tmp_path, optim={"weight_decay": 1e-2, "lr": 1e-2})
+    module = PotentialModule(Potential(build_model(cfg.model.name, **cfg.model.hparams)), cfg)
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    assert opt.defaults["fused"] is True
+    assert not fused_adam([torch.zeros(3, dtype=torch.float16)]) and not fused_adam([])
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 7, dtype=torch.float64), torch.randn(40, 1, dtype=torch.float64)
+    nets = [torch.nn.Sequential(torch.nn.Linear(7, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()]
+    nets.append(copy.deepcopy(nets[0]))
+    opts = [
+        torch.optim.AdamW(n.parameters(), 1e-2, weight_decay=1e-2, fused=f)
+        for n, f in zip(nets, (True, False), strict=True)
+    ]
+    for _ in range(25):
+        for net, o in zip(nets, opts, strict=True):
+            o.zero_grad()
+            ((net(x) - y) ** 2).mean().backward()
+            o.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
