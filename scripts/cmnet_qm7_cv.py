@@ -54,10 +54,10 @@ def main(argv=None) -> int:
     results = {}
     for k, split in enumerate(fold_splits(n, args.folds, args.n_val, args.seed)):
         run = args.out / f"fold{k}"
-        if args.only is not None and k not in args.only:
-            continue
-        if (run / "summary.json").is_file():
+        if (run / "summary.json").is_file():  # done (also when --only names other folds: cv.json has all)
             results[k] = json.loads((run / "summary.json").read_text())
+            continue
+        if args.only is not None and k not in args.only:
             continue
         split_file = save_split(args.out / f"fold{k}_split.npz", split)
         sets = [f"data.path={args.data}", f"data.split_file={split_file}", f"train.max_time={args.minutes}",

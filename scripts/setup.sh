@@ -9,4 +9,4 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 "$PY" -c "import atomnet, torch; print(f'atomnet {atomnet.__version__} installed (torch {torch.__version__})')"
 # compile the fused cfconv kernel once now (about a minute), not inside the first training or test
-"$PY" -m atomnet.nn.fused || echo "setup: fused cfconv kernel not built; atomnet uses the plain path"
+"$PY" -m atomnet.native || echo "setup: native kernels not built; atomnet uses the plain torch paths"

@@ -148,7 +148,7 @@ def test_failed_build_falls_back_with_one_warning(tmp_path, monkeypatch):
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("ATOMNET_KERNEL_DIR", str(tmp_path))
-    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.setattr(fused.EXTENSION, "state", {})
 
     def broken(**kwargs):
         raise RuntimeError("Error building extension 'atomnet_cfconv': g++ not found\nmore lines")
@@ -157,7 +157,7 @@ def test_failed_build_falls_back_with_one_warning(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="could not be built .*g\\+\\+ not found.*plain path"):
         assert fused.load() is None
     assert "g++ not found" in (fused.kernel_dir() / "FAILED").read_text()
-    monkeypatch.setattr(fused, "_state", {})  # a later process reads the record instead of compiling again
+    monkeypatch.setattr(fused.EXTENSION, "state", {})  # a later process reads the record instead of compiling again
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("compiled again"))
     with pytest.warns(RuntimeWarning, match="could not be built"):
         assert fused.load() is None
@@ -208,6 +208,6 @@ def test_unusable_kernel_dir_falls_back_with_a_warning(tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     monkeypatch.setenv("ATOMNET_KERNEL_DIR", str(blocker))
-    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.setattr(fused.EXTENSION, "state", {})
     with pytest.warns(RuntimeWarning, match="could not be built"):
         assert fused.load() is None

@@ -168,3 +168,57 @@ def test_cli_store_and_split(shared_data, tmp_path):
     # not identical: the store keeps float32 positions, and row-norm sorting of symmetry-equivalent atoms
     # (equal norms) is decided by rounding, so a few sorted matrices differ in atom order
     assert results[0]["150"]["mae"] == pytest.approx(results[1]["150"]["mae"], rel=0.05)
+
+
+def test_native_l1_distances_equal_a_direct_sum_for_any_threads():
+    """The C++ L1 kernel (4-row register blocks, 64-row tiles over threads) equals Σ_k |x_k − y_k| written out,
+    for row counts that are no multiple of 4 or 64, float64 and float32, and gives the same bits on 1 and 2
+    threads (each distance is one sum whatever the thread count)."""
+    import torch
+
+    from atomnet.baselines.krr import L1_EXTENSION
+
+    native = L1_EXTENSION.load()
+    if not L1_EXTENSION.enabled():
+        pytest.skip("ATOMNET_NATIVE_KRR=0 is set")
+    assert native is not None, "the KRR L1 kernel did not build (see the warning above)"
+    g = torch.Generator().manual_seed(0)
+    for n, m, d in ((7, 131, 276), (1, 1, 1), (9, 65, 37)):
+        X, Y = (
+            torch.randn(n, d, generator=g, dtype=torch.float64),
+            torch.randn(m, d, generator=g, dtype=torch.float64),
+        )
+        direct = (X[:, None, :] - Y[None, :, :]).abs().sum(-1)
+        torch.testing.assert_close(native.l1_distance(X, Y), direct, rtol=1e-13, atol=0)
+        torch.testing.assert_close(
+            native.l1_distance(X.float(), Y.float()), direct.float(), rtol=1e-5, atol=0
+        )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.l1_distance(X, Y)
+        torch.set_num_threads(2)
+        assert torch.equal(one, native.l1_distance(X, Y))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_l1_kernel_without_the_native_build_uses_cdist(tmp_path, monkeypatch):
+    """A failed build warns once and the Laplacian kernel still equals the double loop (torch.cdist)."""
+    from torch.utils import cpp_extension
+
+    from atomnet.baselines.krr import L1_EXTENSION
+
+    monkeypatch.setenv("ATOMNET_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(L1_EXTENSION, "state", {})
+
+    def broken(**kwargs):
+        raise RuntimeError("Error building extension 'atomnet_l1': g++ not found")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(6, 5)), rng.normal(size=(3, 5))
+    with pytest.warns(RuntimeWarning, match="KRR L1 distance kernel could not be built .*g\\+\\+ not found"):
+        K = kernel_matrix(X, Y, "laplacian", 1.3)
+    np.testing.assert_allclose(K, brute_force(X, Y, "laplacian", 1.3), rtol=1e-12)
+    assert (L1_EXTENSION.kernel_dir() / "FAILED").is_file()

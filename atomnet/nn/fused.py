@@ -21,131 +21,40 @@ Both are tested against the plain path and by ``torch.autograd.gradcheck`` / ``g
 with the plain path to round-off (≈1e-7 relative), not bit for bit.
 
 The kernels are compiled once per machine with ``torch.utils.cpp_extension`` (g++ and ninja, ~1 min) into
-``$ATOMNET_KERNEL_DIR`` (default ``~/.cache/atomnet/kernels``); ``python -m atomnet.nn.fused`` builds them ahead.
-A failed build is recorded there and the plain path is used, with one warning. ``ATOMNET_FUSED=0`` turns them off.
-They are used only on CPU, for plain tensors (not under ``torch.compile``, ``torch.export`` or tracing), and not
+``$ATOMNET_KERNEL_DIR`` (default ``~/.cache/atomnet/kernels``) by :mod:`atomnet.native`; ``python -m atomnet.native``
+builds them ahead. A failed build is recorded there and the plain path is used, with one warning.
+``ATOMNET_FUSED=0`` turns them off. They are used only on CPU, for plain tensors (not under ``torch.compile``, ``torch.export`` or tracing), and not
 while something hooks the parts of a CFConv (explanations attach their rules to those parts).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import platform
-import shutil
 import sys
-import time
-import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from atomnet.native import NativeExtension
 from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum
 
 SOURCE = Path(__file__).with_name("kernels") / "cfconv.cpp"
-_state: dict[str, ModuleType | None] = {}
+EXTENSION = NativeExtension("cfconv", SOURCE, "fused cfconv kernel", switch="ATOMNET_FUSED")
 
 
 def kernel_dir() -> Path:
-    """Where the compiled kernels live: ``$ATOMNET_KERNEL_DIR`` or ``~/.cache/atomnet/kernels``, one folder per
-    source, torch, Python and CPU (the build uses ``-march=native``)."""
-    root = os.environ.get("ATOMNET_KERNEL_DIR")
-    base = (
-        Path(root)
-        if root
-        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atomnet" / "kernels"
-    )
-    tag = hashlib.sha256(
-        SOURCE.read_bytes() + f"{torch.__version__} {sys.version} {platform.machine()} {_cpu_id()}".encode()
-    ).hexdigest()[:16]
-    return base / f"cfconv_{tag}"
-
-
-def _cpu_id() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    first = {}
-    for ln in lines:
-        key = ln.split(":")[0].strip()
-        if key in ("model name", "flags"):
-            first.setdefault(key, ln)
-    return " ".join(first.values())
+    """Where the compiled kernels live (:meth:`atomnet.native.NativeExtension.kernel_dir`)."""
+    return EXTENSION.kernel_dir()
 
 
 def enabled() -> bool:
     """Whether the fused path may be used at all (``ATOMNET_FUSED`` unset or not ``0``)."""
-    return os.environ.get("ATOMNET_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
+    return EXTENSION.enabled()
 
 
 def load(verbose: bool = False) -> ModuleType | None:
     """The compiled kernels (built on first use), or ``None`` when disabled or the build failed."""
-    if "module" in _state:
-        return _state["module"]
-    module = None
-    if enabled():
-        build = kernel_dir()
-        failed = build / "FAILED"
-        if failed.is_file():
-            _warn(failed.read_text().strip())
-        else:
-            module = _build(build, verbose)
-    _state["module"] = module
-    return module
-
-
-def _build(build: Path, verbose: bool) -> ModuleType | None:
-    from torch.utils import cpp_extension
-
-    _ninja_on_path()
-    fresh = not any(build.glob("*.so"))
-    if fresh:
-        print(
-            f"atomnet: compiling the fused cfconv kernel once (about a minute) into {build}", file=sys.stderr
-        )
-    t0 = time.perf_counter()
-    try:
-        build.mkdir(parents=True, exist_ok=True)
-        module = cpp_extension.load(
-            name="atomnet_cfconv",
-            sources=[str(SOURCE)],
-            build_directory=str(build),
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=verbose,
-        )
-    except Exception as exc:  # compiler missing, headers missing, ninja missing: the plain path still works
-        from atomnet.errors import first_line
-
-        message = (
-            f"atomnet: the fused cfconv kernel could not be built ({first_line(exc)}); using the plain path"
-        )
-        with contextlib.suppress(OSError):  # an unwritable cache: warn in every process instead
-            (build / "FAILED").write_text(message + "\n")
-        _warn(message)
-        return None
-    if fresh:
-        print(f"atomnet: fused cfconv kernel ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    return module
-
-
-def _ninja_on_path() -> None:
-    """torch's builder runs ``ninja`` from PATH; the ``ninja`` wheel (a dependency) may sit in an environment
-    whose bin folder is not on PATH (a venv's python run by its full path)."""
-    if shutil.which("ninja"):
-        return
-    try:
-        import ninja
-    except ImportError:
-        return
-    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return EXTENSION.load(verbose)
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -203,7 +112,7 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, filters, pair_i, pair_j):
         ctx.save_for_backward(x, filters, pair_i, pair_j)
-        return _state["module"].conv(x, filters, pair_i, pair_j, x.shape[0])
+        return EXTENSION.state["module"].conv(x, filters, pair_i, pair_j, x.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
@@ -222,7 +131,7 @@ class _Outer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, pair_i, pair_j, h):
         ctx.save_for_backward(a, b, pair_i, pair_j)
-        return _state["module"].outer(a, b, pair_i, pair_j, h)
+        return EXTENSION.state["module"].outer(a, b, pair_i, pair_j, h)
 
     @staticmethod
     def backward(ctx, grad):
@@ -245,7 +154,7 @@ def fused_cfconv(
     return _Conv.apply(x.contiguous(), filters.contiguous(), pair_i, pair_j)
 
 
-if __name__ == "__main__":  # python -m atomnet.nn.fused: build the kernels ahead (setup.sh, CI)
+if __name__ == "__main__":  # python -m atomnet.nn.fused: build this kernel ahead (atomnet.native builds all)
     built = load(verbose="--verbose" in sys.argv)
     print(f"fused cfconv kernel: {'ready in ' + str(kernel_dir()) if built else 'not available'}")
     raise SystemExit(0)
