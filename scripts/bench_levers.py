@@ -21,6 +21,10 @@ Variants:
   and the filters (not the (pairs × F) gathered features) and recomputes the gathers in its backward, which is
   itself differentiable (its input gradient is the same function with i and j swapped), so force training's
   double backward works; gives the same energies, forces and parameter gradients (checked in float64);
+- ``unfolded-cutoff``: the filters W ∘ f_c formed as an (pairs × F) array before the fused kernel (atomnet before
+  the cutoff was folded into the kernel as a per-row scale; affects energy training only);
+- ``fused-adam``: ``torch.optim.Adam(fused=True)``, the optimiser ``atomnet train`` uses (every other variant, and
+  every package in ``bench_peers.py``, steps the default foreach Adam);
 - ``compiled``: ``torch.compile(dynamic=True)`` of the energy model (energy training only: torch.compile does not
   support the double backward of force training).
 
@@ -44,7 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "python-fused-cfconv",
-    "plain-cfconv", "compiled"
+    "plain-cfconv", "unfolded-cutoff", "fused-adam", "compiled"
 )  # fmt: skip
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -125,6 +129,13 @@ def patch_fused_cfconv() -> None:
     )
 
 
+def patch_unfolded_cutoff() -> None:
+    """SchNet's interactions multiply the filters by the cutoff themselves (no scale passed to the kernel)."""
+    from atomnet.models import schnet
+
+    schnet.filter_and_convolve = lambda net, conv, x, rbf, fcut, i, j: conv(x, net(rbf, fcut), i, j)
+
+
 def worker(variant: str, forces: bool, args) -> dict:
     import torch
 
@@ -136,6 +147,8 @@ def worker(variant: str, forces: bool, args) -> dict:
         patch_one_first_layer()
     if variant == "python-fused-cfconv":
         patch_fused_cfconv()
+    if variant == "unfolded-cutoff":
+        patch_unfolded_cutoff()
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_peers
 
@@ -147,7 +160,7 @@ def worker(variant: str, forces: bool, args) -> dict:
     batches = [adapter.prepare(adapter.items(c)) for c in chunks]
     energies = [torch.tensor([m["energy"] for m in c], dtype=torch.float32) for c in chunks]
     reference_forces = [torch.from_numpy(np.concatenate([m["forces"] for m in c])) for c in chunks]
-    optimizer = torch.optim.Adam(potential.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(potential.parameters(), lr=1e-4, fused=variant == "fused-adam")
     model = potential.model
     energy = torch.compile(lambda b: model(b)["energy"], dynamic=True) if variant == "compiled" else None
 

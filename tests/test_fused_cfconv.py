@@ -70,6 +70,94 @@ def test_gradients_and_second_derivatives(mirrored):
     assert torch.autograd.gradgradcheck(fn, (x, w))
 
 
+@pytest.mark.parametrize("mirrored", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scaled_kernels_equal_the_reference_with_scaled_filters(mirrored, threads):
+    """conv(x, W, c) = conv(x, W ∘ c) (the cutoff folded in), its gradients to x and W by gradcheck and
+    gradgradcheck, on 1 and 2 threads."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(4)
+        for n, f in ((9, 5), (700, 64)):
+            i, j, h = pairs(n, mirrored)
+            x, w = torch.randn(n, f, dtype=torch.float64), torch.randn(h, f, dtype=torch.float64)
+            c = torch.rand(h, dtype=torch.float64)
+            torch.testing.assert_close(
+                fused.fused_cfconv(x, w, i, j, scale=c),
+                reference(x, w * c[:, None], i, j),
+                rtol=1e-12,
+                atol=1e-12,
+            )
+    finally:
+        torch.set_num_threads(n_threads)
+    i, j, h = pairs(6, mirrored)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(h, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.rand(h, dtype=torch.float64)
+    fn = lambda x, w: fused.fused_cfconv(x, w, i, j, scale=c)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+    with pytest.raises(ValueError, match="scale must not require a gradient"):
+        fused.fused_cfconv(x, w, i, j, scale=c.requires_grad_())
+
+
+def test_energy_training_folds_the_cutoff_and_equals_the_plain_path(monkeypatch):
+    """Energy training (positions need no gradient): the cutoff goes into the kernel as a scale, and energies and
+    parameter gradients equal the plain module path; with forces (∂f_c/∂r needed) no scale is passed."""
+    pot = schnet_potential()
+    batch = batch_from_atoms([molecule("CH3CH2OH"), molecule("C6H6")], cutoff=4.0, dtype=torch.float64)
+    scales = []
+    original = fused._Conv.forward
+    monkeypatch.setattr(
+        fused._Conv,
+        "forward",
+        staticmethod(lambda ctx, x, w, c, *a: scales.append(c.numel()) or original(ctx, x, w, c, *a)),
+    )
+
+    def energy_step():
+        pot.zero_grad()
+        energy = pot(batch, forces=False)["energy"]
+        (energy**2).sum().backward()
+        return energy.detach(), [p.grad.clone() for p in pot.parameters() if p.grad is not None]
+
+    e_fused, g_fused = energy_step()
+    h = batch.pair_i.numel() // 2
+    assert scales and all(n == h for n in scales), "the cutoff was not folded into the kernel"
+    scales.clear()
+    force_training_step(pot, batch)
+    assert scales and not any(scales), "a scale was passed although the positions need a gradient"
+    monkeypatch.setenv("ATOMNET_FUSED", "0")
+    e_plain, g_plain = energy_step()
+    torch.testing.assert_close(e_fused, e_plain, rtol=1e-12, atol=1e-12)
+    assert len(g_fused) == len(g_plain) > 0
+    for a, b in zip(g_fused, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_hooked_filter_network_is_not_folded(monkeypatch):
+    """A forward hook on the filter network sees W ∘ f_c, the value it sees without the fused kernels."""
+    pot = schnet_potential().eval()
+    batch = batch_from_atoms([molecule("CH3CH2OH")], cutoff=4.0, dtype=torch.float64)
+    block = pot.model.interactions[0]
+
+    def hooked_run():
+        seen = []
+        handle = block.filter_network.register_forward_hook(lambda m, args, out: seen.append(out))
+        try:
+            with torch.no_grad():
+                return pot(batch, forces=False)["energy"], seen
+        finally:
+            handle.remove()
+
+    energy, seen = hooked_run()
+    monkeypatch.setenv("ATOMNET_FUSED", "0")
+    energy_plain, seen_plain = hooked_run()
+    assert len(seen) == len(seen_plain) == 1
+    torch.testing.assert_close(seen[0], seen_plain[0], rtol=0, atol=0)
+    torch.testing.assert_close(energy, energy_plain, rtol=1e-12, atol=1e-12)
+
+
 def test_empty_pair_list():
     x = torch.randn(3, 4, requires_grad=True)
     w = torch.zeros(0, 4, requires_grad=True)
@@ -157,7 +245,9 @@ def test_failed_build_falls_back_with_one_warning(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="could not be built .*g\\+\\+ not found.*plain path"):
         assert fused.load() is None
     assert "g++ not found" in (fused.kernel_dir() / "FAILED").read_text()
-    monkeypatch.setattr(fused.EXTENSION, "state", {})  # a later process reads the record instead of compiling again
+    monkeypatch.setattr(
+        fused.EXTENSION, "state", {}
+    )  # a later process reads the record instead of compiling again
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("compiled again"))
     with pytest.warns(RuntimeWarning, match="could not be built"):
         assert fused.load() is None

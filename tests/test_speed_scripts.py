@@ -157,6 +157,7 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
     }
     for (cls, name), fn in originals.items():
         monkeypatch.setattr(cls, name, fn)  # restored after the test
+    monkeypatch.setattr(schnet, "filter_and_convolve", schnet.filter_and_convolve)
 
     torch.manual_seed(0)
     adapter = peers.AtomnetAdapter()
@@ -170,7 +171,8 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
         return [out["energy"].detach(), out["forces"].detach(), *grads]
 
     reference = evaluate()
-    for patch in (script.patch_fused_cfconv, script.patch_one_first_layer, lambda: script.patch_chunked(7)):
+    levers = (script.patch_fused_cfconv, script.patch_one_first_layer, lambda: script.patch_chunked(7))
+    for patch in (*levers, script.patch_unfolded_cutoff):
         patch()
         for got, want in zip(evaluate(), reference, strict=True):
             assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)

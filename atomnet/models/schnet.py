@@ -14,7 +14,7 @@ from atomnet.data.batch import AtomsBatch
 from atomnet.models.base import AtomisticModel, constructor_arguments
 from atomnet.nn.activations import ShiftedSoftplus
 from atomnet.nn.basis import GaussianRBF, make_cutoff
-from atomnet.nn.cfconv import CFConv, FilterNetwork
+from atomnet.nn.cfconv import CFConv, FilterNetwork, filter_and_convolve
 from atomnet.nn.ops import ResidualAdd
 from atomnet.nn.output import AtomEmbedding
 
@@ -40,8 +40,10 @@ class SchNetInteraction(nn.Module):
         pair_i: torch.Tensor,
         pair_j: torch.Tensor,
     ) -> torch.Tensor:
-        filters = self.filter_network(rbf, fcut)  # one per unordered pair of a mirrored batch
-        v = self.f2out(self.cfconv(self.in2f(x), filters, pair_i, pair_j))
+        # filters: one per unordered pair of a mirrored batch; the cutoff is folded into the kernel where it may be
+        v = self.f2out(
+            filter_and_convolve(self.filter_network, self.cfconv, self.in2f(x), rbf, fcut, pair_i, pair_j)
+        )
         return self.residual(x, v)
 
 

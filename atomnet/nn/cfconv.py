@@ -67,7 +67,36 @@ class CFConv(nn.Module):
 
 
 def _hooked(*modules: nn.Module) -> bool:
-    """Whether a forward hook (of these modules or a global one) would observe the parts."""
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+    """Whether a hook (forward or backward, of these modules or a global one) would observe the parts."""
+    if (
+        torch_module._global_forward_hooks
+        or torch_module._global_forward_pre_hooks
+        or torch_module._global_backward_hooks
+        or torch_module._global_backward_pre_hooks
+    ):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in modules
+    )
+
+
+def filter_and_convolve(
+    filter_network: nn.Module,
+    cfconv: CFConv,
+    x: torch.Tensor,
+    rbf: torch.Tensor,
+    fcut: torch.Tensor,
+    pair_i: torch.Tensor,
+    pair_j: torch.Tensor,
+) -> torch.Tensor:
+    """``cfconv(x, filter_network(rbf, fcut), pair_i, pair_j)``, with the cutoff folded into the fused kernel where
+    that computes the same: a plain :class:`FilterNetwork` that nothing hooks, a cutoff that needs no gradient
+    (energy training; forces need ∂f_c/∂r and take the ordinary path) and a fusable cfconv. Then the kernel scales
+    each filter row by f_c(r_ij) as it reads it, and the (h, F) array W ∘ f_c and its backward are never formed."""
+    if type(filter_network) is FilterNetwork and not fcut.requires_grad and not _hooked(filter_network):
+        raw = filter_network.net(rbf)
+        if fcut.shape == raw.shape[:1] and cfconv._fusable(x, raw, pair_i):
+            return fused.fused_cfconv(x, raw, pair_i, pair_j, scale=fcut.to(raw.dtype))
+        return cfconv(x, raw * fcut[:, None], pair_i, pair_j)
+    return cfconv(x, filter_network(rbf, fcut), pair_i, pair_j)

@@ -6,15 +6,19 @@ filters into a second one and sums that onto the centres with ``index_add``; its
 products of a SchNet training step (``scripts/bench_levers.py --profile``, ``docs/performance.md``). The two
 kernels in ``kernels/cfconv.cpp`` read each filter row once and accumulate straight into the atoms:
 
-- ``conv(x, W; i, j)``: out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h}   (n_atoms, F)
-- ``outer(a, b; i, j)``: G_q = Σ_{p: p mod h = q} a_{i_p} ∘ b_{j_p}      (h, F)
+- ``conv(x, W, c; i, j)``: out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h} c_{p mod h}   (n_atoms, F)
+- ``outer(a, b, c; i, j)``: G_q = c_q Σ_{p: p mod h = q} a_{i_p} ∘ b_{j_p}            (h, F)
 
 with h the number of filter rows (h = n_pairs, or n_pairs / 2 for a mirrored pair list whose pair p + h reverses
 pair p: one filter per unordered pair). They are closed under differentiation, which is what force training
 (a double backward) needs:
 
-- ∂L/∂x = conv(g, W; j, i), ∂L/∂W = outer(g, x; i, j) for out = conv(x, W; i, j) and upstream gradient g;
-- ∂L/∂a = conv(b, Γ; i, j), ∂L/∂b = conv(a, Γ; j, i) for G = outer(a, b; i, j) and upstream gradient Γ.
+- ∂L/∂x = conv(g, W, c; j, i), ∂L/∂W = outer(g, x, c; i, j) for out = conv(x, W, c; i, j), upstream gradient g;
+- ∂L/∂a = conv(b, Γ, c; i, j), ∂L/∂b = conv(a, Γ, c; j, i) for G = outer(a, b, c; i, j), upstream gradient Γ.
+
+c (h,) is an optional constant per-row scale, 1 when absent: SchNet's cutoff f_c(r_ij) folded into the kernels
+when no gradient flows to the positions (energy training, energy-only inference), so the (h, F) product W ∘ f_c
+and its backward pass are never formed (:func:`atomnet.nn.cfconv.filter_and_convolve`).
 
 Both are tested against the plain path and by ``torch.autograd.gradcheck`` / ``gradgradcheck`` in float64
 (``tests/test_fused_cfconv.py``). The sums run in a different order than ``index_add``, so float32 results agree
@@ -81,77 +85,92 @@ def _wrapped(*tensors: torch.Tensor) -> bool:
 
 
 _GATHER, _PRODUCT, _SUM = GatherNeighbors(), FilterProduct(), NeighborSum()
+_NONE = torch.empty(0)  # "no scale"
 
 
-def _plain_conv(x, filters, pair_i, pair_j):
-    """conv(x, W; i, j) as CFConv's plain path (the same ops; used under vmap)."""
-    return _SUM(_PRODUCT(_GATHER(x, pair_j), filters), pair_i, x.shape[0])
+def _scaled(filters: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return filters * scale[:, None] if scale.numel() else filters
 
 
-def _plain_outer(a, b, pair_i, pair_j, h):
-    """outer(a, b; i, j) as torch ops (the same function; used under vmap)."""
+def _plain_conv(x, filters, scale, pair_i, pair_j):
+    """conv(x, W, c; i, j) as CFConv's plain path (the same ops; used under vmap)."""
+    return _SUM(_PRODUCT(_GATHER(x, pair_j), _scaled(filters, scale)), pair_i, x.shape[0])
+
+
+def _plain_outer(a, b, scale, pair_i, pair_j, h):
+    """outer(a, b, c; i, j) as torch ops (the same function; used under vmap)."""
     product = a.index_select(0, pair_i) * b.index_select(0, pair_j)
-    return product[:h] + product[h:] if pair_i.shape[0] == 2 * h else product
+    return _scaled(product[:h] + product[h:] if pair_i.shape[0] == 2 * h else product, scale)
 
 
-def _conv(x, filters, pair_i, pair_j):
+def _conv(x, filters, scale, pair_i, pair_j):
     if _wrapped(x, filters):
-        return _plain_conv(x, filters, pair_i, pair_j)
-    return _Conv.apply(x, filters, pair_i, pair_j)
+        return _plain_conv(x, filters, scale, pair_i, pair_j)
+    return _Conv.apply(x, filters, scale, pair_i, pair_j)
 
 
-def _outer(a, b, pair_i, pair_j, h):
+def _outer(a, b, scale, pair_i, pair_j, h):
     if _wrapped(a, b):
-        return _plain_outer(a, b, pair_i, pair_j, h)
-    return _Outer.apply(a, b, pair_i, pair_j, h)
+        return _plain_outer(a, b, scale, pair_i, pair_j, h)
+    return _Outer.apply(a, b, scale, pair_i, pair_j, h)
 
 
 class _Conv(torch.autograd.Function):
-    """out = conv(x, W; i, j), out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h}."""
+    """out = conv(x, W, c; i, j), out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h} c_{p mod h} (c: constant)."""
 
     @staticmethod
-    def forward(ctx, x, filters, pair_i, pair_j):
-        ctx.save_for_backward(x, filters, pair_i, pair_j)
-        return EXTENSION.state["module"].conv(x, filters, pair_i, pair_j, x.shape[0])
+    def forward(ctx, x, filters, scale, pair_i, pair_j):
+        ctx.save_for_backward(x, filters, scale, pair_i, pair_j)
+        return EXTENSION.state["module"].conv(x, filters, scale, pair_i, pair_j, x.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        x, filters, pair_i, pair_j = ctx.saved_tensors
+        x, filters, scale, pair_i, pair_j = ctx.saved_tensors
         grad_x = grad_filters = None
         if ctx.needs_input_grad[0]:
-            grad_x = _conv(grad, filters, pair_j, pair_i)
+            grad_x = _conv(grad, filters, scale, pair_j, pair_i)
         if ctx.needs_input_grad[1]:
-            grad_filters = _outer(grad, x, pair_i, pair_j, filters.shape[0])
-        return grad_x, grad_filters, None, None
+            grad_filters = _outer(grad, x, scale, pair_i, pair_j, filters.shape[0])
+        return grad_x, grad_filters, None, None, None
 
 
 class _Outer(torch.autograd.Function):
-    """G = outer(a, b; i, j), G_q = Σ_{p: p mod h = q} a_{i_p} ∘ b_{j_p}."""
+    """G = outer(a, b, c; i, j), G_q = c_q Σ_{p: p mod h = q} a_{i_p} ∘ b_{j_p} (c: constant)."""
 
     @staticmethod
-    def forward(ctx, a, b, pair_i, pair_j, h):
-        ctx.save_for_backward(a, b, pair_i, pair_j)
-        return EXTENSION.state["module"].outer(a, b, pair_i, pair_j, h)
+    def forward(ctx, a, b, scale, pair_i, pair_j, h):
+        ctx.save_for_backward(a, b, scale, pair_i, pair_j)
+        return EXTENSION.state["module"].outer(a, b, scale, pair_i, pair_j, h)
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, pair_i, pair_j = ctx.saved_tensors
+        a, b, scale, pair_i, pair_j = ctx.saved_tensors
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = _conv(b, grad, pair_i, pair_j)
+            grad_a = _conv(b, grad, scale, pair_i, pair_j)
         if ctx.needs_input_grad[1]:
-            grad_b = _conv(a, grad, pair_j, pair_i)
-        return grad_a, grad_b, None, None, None
+            grad_b = _conv(a, grad, scale, pair_j, pair_i)
+        return grad_a, grad_b, None, None, None, None
 
 
 def fused_cfconv(
-    x: torch.Tensor, filters: torch.Tensor, pair_i: torch.Tensor, pair_j: torch.Tensor
+    x: torch.Tensor,
+    filters: torch.Tensor,
+    pair_i: torch.Tensor,
+    pair_j: torch.Tensor,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """m_i = Σ_j x_j ∘ W_ij through the fused kernels (call :func:`usable` first).
+    """m_i = Σ_j x_j ∘ W_ij (· c_ij) through the fused kernels (call :func:`usable` first).
 
     Shapes: x (n_atoms, F), filters (h, F) with h = n_pairs or n_pairs / 2 (mirrored), pair_i/pair_j
-    (n_pairs,) int64 → (n_atoms, F)."""
-    return _Conv.apply(x.contiguous(), filters.contiguous(), pair_i, pair_j)
+    (n_pairs,) int64, scale (h,) or None → (n_atoms, F). ``scale`` (the cutoff f_c(r_ij) of SchNet's filters) is
+    a constant: no gradient flows to it, so a scale that requires one is refused (use ``filters * scale[:, None]``).
+    """
+    if scale is None:
+        scale = _NONE.to(filters.dtype)
+    elif scale.requires_grad:
+        raise ValueError("fused_cfconv: scale must not require a gradient (fold it into the filters instead)")
+    return _Conv.apply(x.contiguous(), filters.contiguous(), scale.contiguous(), pair_i, pair_j)
 
 
 if __name__ == "__main__":  # python -m atomnet.nn.fused: build this kernel ahead (atomnet.native builds all)

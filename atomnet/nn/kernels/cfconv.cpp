@@ -1,7 +1,10 @@
 // Fused continuous-filter convolution kernels for CPU (atomnet.nn.fused).
 //
-// conv:  out[i_p] += x[j_p] * w[p mod h]              (n_atoms, F); no (n_pairs, F) intermediate
-// outer: g_w[q]    = sum over the pairs p with p mod h = q of a[i_p] * b[j_p]    (h, F)
+// conv:  out[i_p] += x[j_p] * w[p mod h] * c[p mod h]              (n_atoms, F); no (n_pairs, F) intermediate
+// outer: g_w[q]    = c[q] * sum over the pairs p with p mod h = q of a[i_p] * b[j_p]    (h, F)
+//
+// c (h,) is an optional per-row scale (the cosine cutoff of SchNet's filters, folded in so that the (h, F)
+// product W * f_c is never formed); an empty tensor means c = 1.
 //
 // h is the number of filter rows: h = n_pairs (one filter per directed pair) or h = n_pairs / 2 (a mirrored
 // pair list, pair p + h reverses pair p, one filter per unordered pair). The two kernels are closed under
@@ -21,13 +24,23 @@ inline void axpy_product(T* __restrict__ out, const T* __restrict__ a, const T* 
 }
 
 template <typename T>
-void conv_block(const T* x, const T* w, const int64_t* pi, const int64_t* pj, T* out, int64_t f, int64_t h,
-                int64_t n_pairs, int64_t q0, int64_t q1) {
+inline void axpy_product(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, T s, int64_t f) {
+  for (int64_t c = 0; c < f; ++c) out[c] += a[c] * b[c] * s;
+}
+
+template <typename T>
+void conv_block(const T* x, const T* w, const T* scale, const int64_t* pi, const int64_t* pj, T* out, int64_t f,
+                int64_t h, int64_t n_pairs, int64_t q0, int64_t q1) {
   const bool mirrored = n_pairs == 2 * h;
   for (int64_t q = q0; q < q1; ++q) {
     const T* wq = w + q * f;
-    axpy_product(out + pi[q] * f, x + pj[q] * f, wq, f);
-    if (mirrored) axpy_product(out + pi[q + h] * f, x + pj[q + h] * f, wq, f);
+    if (scale) {
+      axpy_product(out + pi[q] * f, x + pj[q] * f, wq, scale[q], f);
+      if (mirrored) axpy_product(out + pi[q + h] * f, x + pj[q + h] * f, wq, scale[q], f);
+    } else {
+      axpy_product(out + pi[q] * f, x + pj[q] * f, wq, f);
+      if (mirrored) axpy_product(out + pi[q + h] * f, x + pj[q + h] * f, wq, f);
+    }
   }
 }
 
@@ -40,11 +53,22 @@ void check(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& 
   TORCH_CHECK(pi.numel() == pj.numel() && (pi.numel() == h || pi.numel() == 2 * h), "fused cfconv: pair count");
 }
 
+// the scale's data, or nullptr for none (an empty tensor)
+template <typename T>
+const T* scale_data(const torch::Tensor& c, int64_t h) {
+  if (c.numel() == 0) return nullptr;
+  TORCH_CHECK(c.dim() == 1 && c.size(0) == h && c.is_contiguous(), "fused cfconv: scale of shape (h,)");
+  return c.data_ptr<T>();
+}
+
 }  // namespace
 
-// out (n_atoms, F) with out[i_p] = sum_p x[j_p] * w[p mod h]
-torch::Tensor conv(torch::Tensor x, torch::Tensor w, torch::Tensor pi, torch::Tensor pj, int64_t n_atoms) {
+// out (n_atoms, F) with out[i_p] = sum_p x[j_p] * w[p mod h] * c[p mod h]
+torch::Tensor conv(torch::Tensor x, torch::Tensor w, torch::Tensor c, torch::Tensor pi, torch::Tensor pj,
+                   int64_t n_atoms) {
   check(x, w, pi, pj, w.size(0));
+  TORCH_CHECK(c.numel() == 0 || c.scalar_type() == x.scalar_type(), "fused cfconv: scale of the inputs' dtype");
+  c = c.contiguous();
   x = x.contiguous(); w = w.contiguous(); pi = pi.contiguous(); pj = pj.contiguous();
   const int64_t f = x.size(1), h = w.size(0), n_pairs = pi.numel();
   auto out = torch::zeros({n_atoms, f}, x.options());
@@ -53,11 +77,12 @@ torch::Tensor conv(torch::Tensor x, torch::Tensor w, torch::Tensor pi, torch::Te
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "atomnet_conv", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
+    const scalar_t* cp = scale_data<scalar_t>(c, h);
     const int64_t* ip = pi.data_ptr<int64_t>();
     const int64_t* jp = pj.data_ptr<int64_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     if (threads == 1) {
-      conv_block(xp, wp, ip, jp, op, f, h, n_pairs, 0, h);
+      conv_block(xp, wp, cp, ip, jp, op, f, h, n_pairs, 0, h);
       return;
     }
     std::vector<torch::Tensor> partial(threads - 1);
@@ -69,7 +94,7 @@ torch::Tensor conv(torch::Tensor x, torch::Tensor w, torch::Tensor pi, torch::Te
           partial[t - 1] = torch::zeros({n_atoms, f}, x.options());
           target = partial[t - 1].data_ptr<scalar_t>();
         }
-        conv_block(xp, wp, ip, jp, target, f, h, n_pairs, q0, q1);
+        conv_block(xp, wp, cp, ip, jp, target, f, h, n_pairs, q0, q1);
       }
     });
     const int64_t total = n_atoms * f;
@@ -83,9 +108,12 @@ torch::Tensor conv(torch::Tensor x, torch::Tensor w, torch::Tensor pi, torch::Te
   return out;
 }
 
-// g_w (h, F) with g_w[q] = sum over p with p mod h = q of a[i_p] * b[j_p]
-torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor pi, torch::Tensor pj, int64_t h) {
+// g_w (h, F) with g_w[q] = c[q] * sum over p with p mod h = q of a[i_p] * b[j_p]
+torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor c, torch::Tensor pi, torch::Tensor pj,
+                    int64_t h) {
   check(a, b, pi, pj, h);
+  TORCH_CHECK(c.numel() == 0 || c.scalar_type() == a.scalar_type(), "fused cfconv: scale of the inputs' dtype");
+  c = c.contiguous();
   a = a.contiguous(); b = b.contiguous(); pi = pi.contiguous(); pj = pj.contiguous();
   const int64_t f = a.size(1), n_pairs = pi.numel();
   auto out = torch::empty({h, f}, a.options());
@@ -93,6 +121,7 @@ torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor pi, torch::T
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "atomnet_outer", [&] {
     const scalar_t* ap = a.data_ptr<scalar_t>();
     const scalar_t* bp = b.data_ptr<scalar_t>();
+    const scalar_t* cp = scale_data<scalar_t>(c, h);
     const int64_t* ip = pi.data_ptr<int64_t>();
     const int64_t* jp = pj.data_ptr<int64_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
@@ -102,12 +131,13 @@ torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor pi, torch::T
         scalar_t* __restrict__ o = op + q * f;
         const scalar_t* __restrict__ a1 = ap + ip[q] * f;
         const scalar_t* __restrict__ b1 = bp + jp[q] * f;
+        const scalar_t s = cp ? cp[q] : scalar_t(1);
         if (mirrored) {
           const scalar_t* __restrict__ a2 = ap + ip[q + h] * f;
           const scalar_t* __restrict__ b2 = bp + jp[q + h] * f;
-          for (int64_t c = 0; c < f; ++c) o[c] = a1[c] * b1[c] + a2[c] * b2[c];
+          for (int64_t k = 0; k < f; ++k) o[k] = (a1[k] * b1[k] + a2[k] * b2[k]) * s;
         } else {
-          for (int64_t c = 0; c < f; ++c) o[c] = a1[c] * b1[c];
+          for (int64_t k = 0; k < f; ++k) o[k] = a1[k] * b1[k] * s;
         }
       }
     });
@@ -116,6 +146,6 @@ torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor pi, torch::T
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("conv", &conv, "out[i_p] += x[j_p] * w[p mod h]");
-  m.def("outer", &outer, "g_w[p mod h] += a[i_p] * b[j_p]");
+  m.def("conv", &conv, "out[i_p] += x[j_p] * w[p mod h] * c[p mod h]");
+  m.def("outer", &outer, "g_w[q] = c[q] * sum_{p mod h = q} a[i_p] * b[j_p]");
 }
