@@ -98,13 +98,19 @@ def test_scaled_kernels_equal_the_reference_with_scaled_filters(mirrored, thread
     fn = lambda x, w: fused.fused_cfconv(x, w, i, j, scale=c)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w))
     assert torch.autograd.gradgradcheck(fn, (x, w))
-    with pytest.raises(ValueError, match="scale must not require a gradient"):
-        fused.fused_cfconv(x, w, i, j, scale=c.requires_grad_())
+    c.requires_grad_()  # a scale that needs a gradient (forces): the one-pass kernel and the differentiable ops
+    fn = lambda x, w, c: fused.fused_cfconv(x, w, i, j, scale=c)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, c))
+    assert torch.autograd.gradgradcheck(fn, (x, w, c))
+    g = torch.randn(6, 3, dtype=torch.float64)
+    plain = torch.autograd.grad(reference(x, w * c[:, None], i, j), (x, w, c), g)
+    for got, want in zip(torch.autograd.grad(fn(x, w, c), (x, w, c), g), plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_energy_training_folds_the_cutoff_and_equals_the_plain_path(monkeypatch):
-    """Energy training (positions need no gradient): the cutoff goes into the kernel as a scale, and energies and
-    parameter gradients equal the plain module path; with forces (∂f_c/∂r needed) no scale is passed."""
+def test_the_folded_cutoff_equals_the_plain_path(monkeypatch):
+    """The cutoff goes into the kernel as a scale: energy training's energies and parameter gradients, and
+    inference forces (∂L/∂f_c from the kernel), equal the plain module path (force training: the test above)."""
     pot = schnet_potential()
     batch = batch_from_atoms([molecule("CH3CH2OH"), molecule("C6H6")], cutoff=4.0, dtype=torch.float64)
     scales = []
@@ -126,8 +132,15 @@ def test_energy_training_folds_the_cutoff_and_equals_the_plain_path(monkeypatch)
     assert scales and all(n == h for n in scales), "the cutoff was not folded into the kernel"
     scales.clear()
     force_training_step(pot, batch)
-    assert scales and not any(scales), "a scale was passed although the positions need a gradient"
+    assert scales and all(n in (h, 0) for n in scales) and h in scales, "no scale in force training"
+    inference = pot.eval()(
+        batch, forces=True
+    )  # forces without create_graph: ∂L/∂f_c from the one-pass kernel
     monkeypatch.setenv("ATOMNET_FUSED", "0")
+    inference_plain = pot(batch, forces=True)
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(inference[key], inference_plain[key], rtol=1e-12, atol=1e-12)
+    pot.train()
     e_plain, g_plain = energy_step()
     torch.testing.assert_close(e_fused, e_plain, rtol=1e-12, atol=1e-12)
     assert len(g_fused) == len(g_plain) > 0

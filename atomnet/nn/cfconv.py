@@ -91,10 +91,10 @@ def filter_and_convolve(
     pair_j: torch.Tensor,
 ) -> torch.Tensor:
     """``cfconv(x, filter_network(rbf, fcut), pair_i, pair_j)``, with the cutoff folded into the fused kernel where
-    that computes the same: a plain :class:`FilterNetwork` that nothing hooks, a cutoff that needs no gradient
-    (energy training; forces need ∂f_c/∂r and take the ordinary path) and a fusable cfconv. Then the kernel scales
-    each filter row by f_c(r_ij) as it reads it, and the (h, F) array W ∘ f_c and its backward are never formed."""
-    if type(filter_network) is FilterNetwork and not fcut.requires_grad and not _hooked(filter_network):
+    that computes the same: a plain :class:`FilterNetwork` that nothing hooks and a fusable cfconv. Then the kernel
+    scales each filter row by f_c(r_ij) as it reads it, so the (h, F) array W ∘ f_c is never formed (nor, in
+    energy training, its backward; with forces ∂L/∂f_c comes out of the kernel's filter-gradient pass)."""
+    if type(filter_network) is FilterNetwork and not _hooked(filter_network):
         raw = filter_network.net(rbf)
         if fcut.shape == raw.shape[:1] and cfconv._fusable(x, raw, pair_i):
             return fused.fused_cfconv(x, raw, pair_i, pair_j, scale=fcut.to(raw.dtype))

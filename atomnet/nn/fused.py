@@ -16,9 +16,11 @@ pair p: one filter per unordered pair). They are closed under differentiation, w
 - ∂L/∂x = conv(g, W, c; j, i), ∂L/∂W = outer(g, x, c; i, j) for out = conv(x, W, c; i, j), upstream gradient g;
 - ∂L/∂a = conv(b, Γ, c; i, j), ∂L/∂b = conv(a, Γ, c; j, i) for G = outer(a, b, c; i, j), upstream gradient Γ.
 
-c (h,) is an optional constant per-row scale, 1 when absent: SchNet's cutoff f_c(r_ij) folded into the kernels
-when no gradient flows to the positions (energy training, energy-only inference), so the (h, F) product W ∘ f_c
-and its backward pass are never formed (:func:`atomnet.nn.cfconv.filter_and_convolve`).
+c (h,) is an optional per-row scale, 1 when absent: SchNet's cutoff f_c(r_ij) folded into the kernels
+(:func:`atomnet.nn.cfconv.filter_and_convolve`), so the (h, F) product W ∘ f_c is never formed. The formulas
+above treat c as a constant; when c needs a gradient (forces) ∂L/∂c_q = Σ_f W_qf outer(g, x)_qf comes with
+∂L/∂W from one kernel pass (a plain backward) or from differentiable ops (the create_graph backward of force
+training, whose double backward then runs through the same kernels).
 
 Both are tested against the plain path and by ``torch.autograd.gradcheck`` / ``gradgradcheck`` in float64
 (``tests/test_fused_cfconv.py``). The sums run in a different order than ``index_add``, so float32 results agree
@@ -116,7 +118,7 @@ def _outer(a, b, scale, pair_i, pair_j, h):
 
 
 class _Conv(torch.autograd.Function):
-    """out = conv(x, W, c; i, j), out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h} c_{p mod h} (c: constant)."""
+    """out = conv(x, W, c; i, j), out_a = Σ_{p: i_p = a} x_{j_p} ∘ W_{p mod h} c_{p mod h}."""
 
     @staticmethod
     def forward(ctx, x, filters, scale, pair_i, pair_j):
@@ -126,12 +128,33 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, filters, scale, pair_i, pair_j = ctx.saved_tensors
+        if ctx.needs_input_grad[2]:
+            return _scale_backward(ctx, grad, x, filters, scale, pair_i, pair_j)
         grad_x = grad_filters = None
         if ctx.needs_input_grad[0]:
             grad_x = _conv(grad, filters, scale, pair_j, pair_i)
         if ctx.needs_input_grad[1]:
             grad_filters = _outer(grad, x, scale, pair_i, pair_j, filters.shape[0])
         return grad_x, grad_filters, None, None, None
+
+
+def _scale_backward(ctx, grad, x, filters, scale, pair_i, pair_j):
+    """Gradients of conv(x, W, c) when c needs one (forces: c = f_c(r_ij)). With G = outer(g, x):
+    ∂L/∂x = conv(g, W, c; j, i), ∂L/∂W = c ∘ G, ∂L/∂c_q = Σ_f G_qf W_qf. A backward that must itself be
+    differentiable (force training's create_graph, batched gradients) forms them from differentiable ops; a plain
+    one (inference) gets ∂L/∂W and ∂L/∂c from one kernel pass over the pairs."""
+    h = filters.shape[0]
+    grad_x = None
+    if torch.is_grad_enabled() or _wrapped(grad, x):
+        if ctx.needs_input_grad[0]:
+            grad_x = _conv(grad, filters * scale[:, None], _NONE.to(filters.dtype), pair_j, pair_i)
+        g_w = _outer(grad, x, _NONE.to(filters.dtype), pair_i, pair_j, h)
+        grad_filters = g_w * scale[:, None] if ctx.needs_input_grad[1] else None
+        return grad_x, grad_filters, (g_w * filters).sum(1), None, None
+    if ctx.needs_input_grad[0]:
+        grad_x = _conv(grad, filters, scale, pair_j, pair_i)
+    grad_filters, grad_scale = EXTENSION.state["module"].outer_grads(grad, x, scale, filters, pair_i, pair_j)
+    return grad_x, grad_filters if ctx.needs_input_grad[1] else None, grad_scale, None, None
 
 
 class _Outer(torch.autograd.Function):
@@ -164,12 +187,10 @@ def fused_cfconv(
 
     Shapes: x (n_atoms, F), filters (h, F) with h = n_pairs or n_pairs / 2 (mirrored), pair_i/pair_j
     (n_pairs,) int64, scale (h,) or None → (n_atoms, F). ``scale`` (the cutoff f_c(r_ij) of SchNet's filters) is
-    a constant: no gradient flows to it, so a scale that requires one is refused (use ``filters * scale[:, None]``).
+    differentiable like the other inputs.
     """
     if scale is None:
         scale = _NONE.to(filters.dtype)
-    elif scale.requires_grad:
-        raise ValueError("fused_cfconv: scale must not require a gradient (fold it into the filters instead)")
     return _Conv.apply(x.contiguous(), filters.contiguous(), scale.contiguous(), pair_i, pair_j)
 
 

@@ -145,7 +145,62 @@ torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor c, torch::Te
   return out;
 }
 
+// The gradients of out = conv(x, w, c) with respect to w and c for an upstream gradient g, in one pass:
+// G_q = sum over p with p mod h = q of g[i_p] * x[j_p]; grad_w[q] = c[q] * G_q; grad_c[q] = sum_k G_qk w_qk.
+std::vector<torch::Tensor> outer_grads(torch::Tensor g, torch::Tensor x, torch::Tensor c, torch::Tensor w,
+                                       torch::Tensor pi, torch::Tensor pj) {
+  const int64_t h = w.size(0);
+  check(g, x, pi, pj, h);
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == g.size(1) && w.scalar_type() == g.scalar_type(), "fused cfconv: filters");
+  TORCH_CHECK(c.scalar_type() == g.scalar_type(), "fused cfconv: scale of the inputs' dtype");
+  g = g.contiguous(); x = x.contiguous(); c = c.contiguous(); w = w.contiguous();
+  pi = pi.contiguous(); pj = pj.contiguous();
+  const int64_t f = g.size(1), n_pairs = pi.numel();
+  auto grad_w = torch::empty({h, f}, g.options());
+  auto grad_c = torch::empty({h}, g.options());
+  if (h == 0) return {grad_w, grad_c};
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "atomnet_outer_grads", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* cp = scale_data<scalar_t>(c, h);
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const int64_t* ip = pi.data_ptr<int64_t>();
+    const int64_t* jp = pj.data_ptr<int64_t>();
+    scalar_t* ow = grad_w.data_ptr<scalar_t>();
+    scalar_t* oc = grad_c.data_ptr<scalar_t>();
+    const bool mirrored = n_pairs == 2 * h;
+    at::parallel_for(0, h, 256, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        scalar_t* __restrict__ o = ow + q * f;
+        const scalar_t* __restrict__ wq = wp + q * f;
+        const scalar_t* __restrict__ g1 = gp + ip[q] * f;
+        const scalar_t* __restrict__ x1 = xp + jp[q] * f;
+        const scalar_t s = cp ? cp[q] : scalar_t(1);
+        scalar_t dot = 0;
+        if (mirrored) {
+          const scalar_t* __restrict__ g2 = gp + ip[q + h] * f;
+          const scalar_t* __restrict__ x2 = xp + jp[q + h] * f;
+          for (int64_t k = 0; k < f; ++k) {
+            const scalar_t gk = g1[k] * x1[k] + g2[k] * x2[k];
+            dot += gk * wq[k];
+            o[k] = gk * s;
+          }
+        } else {
+          for (int64_t k = 0; k < f; ++k) {
+            const scalar_t gk = g1[k] * x1[k];
+            dot += gk * wq[k];
+            o[k] = gk * s;
+          }
+        }
+        oc[q] = dot;
+      }
+    });
+  });
+  return {grad_w, grad_c};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("outer_grads", &outer_grads, "(c[q] * G_q, sum_k G_qk w_qk) with G_q = sum_{p mod h = q} g[i_p] * x[j_p]");
   m.def("conv", &conv, "out[i_p] += x[j_p] * w[p mod h] * c[p mod h]");
   m.def("outer", &outer, "g_w[q] = c[q] * sum_{p mod h = q} a[i_p] * b[j_p]");
 }
