@@ -127,6 +127,7 @@ def patch_fused_cfconv() -> None:
     cfconv.CFConv.forward = lambda self, x, filters, pair_i, pair_j: FusedCFConv.apply(
         x, filters, pair_i, pair_j
     )
+    patch_unfolded_cutoff()  # SchNet would otherwise call the C++ kernels directly with the cutoff folded in
 
 
 def patch_unfolded_cutoff() -> None:
