@@ -145,7 +145,7 @@ def _scale_backward(ctx, grad, x, filters, scale, pair_i, pair_j):
     one (inference) gets ∂L/∂W and ∂L/∂c from one kernel pass over the pairs."""
     h = filters.shape[0]
     grad_x = None
-    if torch.is_grad_enabled() or _wrapped(grad, x):
+    if torch.is_grad_enabled() or _wrapped(grad, x, filters, scale):
         if ctx.needs_input_grad[0]:
             grad_x = _conv(grad, filters * scale[:, None], _NONE.to(filters.dtype), pair_j, pair_i)
         g_w = _outer(grad, x, _NONE.to(filters.dtype), pair_i, pair_j, h)
