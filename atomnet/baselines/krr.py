@@ -7,7 +7,7 @@ Kernels (:data:`KERNELS`): Gaussian k = exp(-‖x - x'‖₂² / (2σ²)); Lapla
 Centering by the training mean b is our choice (qmllib fits without it); it makes λ and σ less critical.
 
 L1 distances (the Laplacian kernel's O(n m d) step) run in C++ (``kernels/l1.cpp``: four rows against one per pass,
-OpenMP over tiles of 64 rows; built once per machine by :mod:`atomnet.native`), about 5× ``torch.cdist(p=1)``;
+OpenMP over tiles of 64 rows; built once per machine by :mod:`atomnet.native`; faster than qmllib in ``docs/performance.md``);
 ``torch.cdist`` is used when the build fails or ``ATOMNET_NATIVE_KRR=0`` is set. Both give the same distances to
 round-off (tested against a direct sum).
 
@@ -33,7 +33,7 @@ from atomnet.files import atomic_output
 from atomnet.native import NativeExtension
 
 BYTES = 8  # float64
-#: L1 distances in C++ (register-blocked, OpenMP): 4–5× ``torch.cdist(p=1)``; cdist when it cannot be built
+#: L1 distances in C++ (register-blocked, OpenMP); ``torch.cdist(p=1)`` when it cannot be built
 L1_EXTENSION = NativeExtension(
     "l1",
     Path(__file__).with_name("kernels") / "l1.cpp",
