@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.modules import module as torch_module
 
 from atomnet.nn import fused
-from atomnet.nn.activations import ShiftedSoftplus
+from atomnet.nn.activations import LN2, ShiftedSoftplus, softplus
 from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum
 
 
@@ -25,7 +26,28 @@ class FilterNetwork(nn.Module):
         )
 
     def forward(self, rbf: torch.Tensor, fcut: torch.Tensor) -> torch.Tensor:
-        return self.net(rbf) * fcut[:, None]
+        return self.raw(rbf) * fcut[:, None]
+
+    def raw(self, rbf: torch.Tensor) -> torch.Tensor:
+        """Dense(ssp(Dense(e_ij))) before the cutoff, (n_pairs, F).
+
+        Unless a hook watches the three layers (explanation rules attach to them), the same function is computed
+        with fewer passes over the (n_pairs, F) activations: the shift of ssp = softplus − ln 2 is folded into the
+        second layer's bias, b₂ − ln 2 · Σ_k W₂[:, k]; softplus is :func:`atomnet.nn.activations.softplus`; and
+        where the basis needs no gradient (energy training, energies only) the first layer's bias rides in its
+        matrix product as a column of ones (timings: ``docs/performance.md``, "Levers measured").
+        """
+        layers = tuple(self.net)
+        if [type(m) for m in layers] != [nn.Linear, ShiftedSoftplus, nn.Linear] or _hooked(self.net, *layers):
+            return self.net(rbf)
+        first, _, second = layers
+        # forces need the basis's gradient, of which a padded copy would cost one more slice
+        if rbf.requires_grad:
+            hidden = softplus(F.linear(rbf, first.weight, first.bias))
+        else:  # [e_ij, 1] @ [W₁ b₁]ᵀ: no broadcast copy of b₁ before the product, b₁'s gradient inside it
+            weight = torch.cat([first.weight, first.bias[:, None]], 1)
+            hidden = softplus(F.linear(F.pad(rbf, (0, 1), value=1.0), weight))
+        return F.linear(hidden, second.weight, second.bias - LN2 * second.weight.sum(1))
 
 
 class CFConv(nn.Module):
@@ -95,7 +117,7 @@ def filter_and_convolve(
     scales each filter row by f_c(r_ij) as it reads it, so the (h, F) array W ∘ f_c is never formed (nor, in
     energy training, its backward; with forces ∂L/∂f_c comes out of the kernel's filter-gradient pass)."""
     if type(filter_network) is FilterNetwork and not _hooked(filter_network):
-        raw = filter_network.net(rbf)
+        raw = filter_network.raw(rbf)
         if fcut.shape == raw.shape[:1] and cfconv._fusable(x, raw, pair_i):
             return fused.fused_cfconv(x, raw, pair_i, pair_j, scale=fcut.to(raw.dtype))
         return cfconv(x, raw * fcut[:, None], pair_i, pair_j)
