@@ -23,6 +23,8 @@ Variants:
   double backward works; gives the same energies, forces and parameter gradients (checked in float64);
 - ``unfolded-cutoff``: the filters W ∘ f_c formed as an (pairs × F) array before the fused kernel (atomnet before
   the cutoff was folded into the kernel as a per-row scale; affects energy training only);
+- ``module-filter-network``: the filter networks run layer by layer as their ``nn.Sequential`` with torch's
+  softplus and a separate ``− ln 2`` (atomnet before ``FilterNetwork.raw``'s short route);
 - ``fused-adam``: ``torch.optim.Adam(fused=True)``, the optimiser ``atomnet train`` uses (every other variant, and
   every package in ``bench_peers.py``, steps the default foreach Adam);
 - ``compiled``: ``torch.compile(dynamic=True)`` of the energy model (energy training only: torch.compile does not
@@ -48,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "python-fused-cfconv",
-    "plain-cfconv", "unfolded-cutoff", "fused-adam", "compiled"
+    "plain-cfconv", "unfolded-cutoff", "module-filter-network", "fused-adam", "compiled"
 )  # fmt: skip
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -137,6 +139,16 @@ def patch_unfolded_cutoff() -> None:
     schnet.filter_and_convolve = lambda net, conv, x, rbf, fcut, i, j: conv(x, net(rbf, fcut), i, j)
 
 
+def patch_module_filter_network() -> None:
+    """FilterNetwork.raw as its nn.Sequential, ssp as F.softplus(x) − ln 2 (no short route)."""
+    from torch.nn import functional as F
+
+    from atomnet.nn import activations, cfconv
+
+    cfconv.FilterNetwork.raw = lambda self, rbf: self.net(rbf)
+    activations.ShiftedSoftplus.forward = lambda self, x: F.softplus(x).sub_(activations.LN2)
+
+
 def worker(variant: str, forces: bool, args) -> dict:
     import torch
 
@@ -150,6 +162,8 @@ def worker(variant: str, forces: bool, args) -> dict:
         patch_fused_cfconv()
     if variant == "unfolded-cutoff":
         patch_unfolded_cutoff()
+    if variant == "module-filter-network":
+        patch_module_filter_network()
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_peers
 

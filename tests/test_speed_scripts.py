@@ -146,7 +146,7 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
     import torch
 
     from atomnet.models import schnet
-    from atomnet.nn import cfconv
+    from atomnet.nn import activations, cfconv
 
     script = load_script("bench_levers")
     peers = load_script("bench_peers")
@@ -154,6 +154,8 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
         (cfconv.CFConv, "forward"): cfconv.CFConv.forward,
         (schnet.SchNetInteraction, "forward"): schnet.SchNetInteraction.forward,
         (schnet.SchNet, "atomic_outputs"): schnet.SchNet.atomic_outputs,
+        (cfconv.FilterNetwork, "raw"): cfconv.FilterNetwork.raw,
+        (activations.ShiftedSoftplus, "forward"): activations.ShiftedSoftplus.forward,
     }
     for (cls, name), fn in originals.items():
         monkeypatch.setattr(cls, name, fn)  # restored after the test
@@ -172,7 +174,7 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
 
     reference = evaluate()
     levers = (script.patch_fused_cfconv, script.patch_one_first_layer, lambda: script.patch_chunked(7))
-    for patch in (*levers, script.patch_unfolded_cutoff):
+    for patch in (*levers, script.patch_unfolded_cutoff, script.patch_module_filter_network):
         patch()
         for got, want in zip(evaluate(), reference, strict=True):
             assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
