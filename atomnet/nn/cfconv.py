@@ -41,6 +41,8 @@ class FilterNetwork(nn.Module):
         if [type(m) for m in layers] != [nn.Linear, ShiftedSoftplus, nn.Linear] or _hooked(self.net, *layers):
             return self.net(rbf)
         first, _, second = layers
+        if first.bias is None or second.bias is None:
+            return self.net(rbf)
         # forces need the basis's gradient, of which a padded copy would cost one more slice
         if rbf.requires_grad:
             hidden = softplus(F.linear(rbf, first.weight, first.bias))
