@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from atomnet.nn.output import tracing
+from atomnet.nn.output import tracing, wrapped
 
 LN2 = math.log(2.0)
 
@@ -47,10 +47,7 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
 def _plain(x: torch.Tensor) -> bool:
     if tracing() or torch.jit.is_tracing():
         return True
-    functorch = torch._C._functorch
-    if functorch.is_functorch_wrapped_tensor(x) or functorch.is_legacy_batchedtensor(x):
-        return True
-    return type(x) is not torch.Tensor
+    return wrapped(x) or type(x) is not torch.Tensor
 
 
 class ShiftedSoftplus(nn.Module):

@@ -43,6 +43,7 @@ import torch
 
 from atomnet.native import NativeExtension
 from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum
+from atomnet.nn.output import wrapped
 
 SOURCE = Path(__file__).with_name("kernels") / "cfconv.cpp"
 EXTENSION = NativeExtension("cfconv", SOURCE, "fused cfconv kernel", switch="ATOMNET_FUSED")
@@ -71,19 +72,9 @@ def usable(*tensors: torch.Tensor) -> bool:
     for t in tensors:
         if type(t) is not torch.Tensor or t.device.type != "cpu":
             return False
-    if _wrapped(*tensors):
+    if wrapped(*tensors):
         return False
     return tensors[0].dtype in (torch.float32, torch.float64) and load() is not None
-
-
-def _wrapped(*tensors: torch.Tensor) -> bool:
-    """Whether any tensor is batched or wrapped by a transform (``torch.vmap``, or the batched backward passes of
-    ``autograd.grad(is_grads_batched=True)`` in :func:`atomnet.potential.hessian`): those take the plain torch ops,
-    which have batching rules; the kernels need real storage."""
-    functorch = torch._C._functorch
-    return any(
-        functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t) for t in tensors
-    )
 
 
 _GATHER, _PRODUCT, _SUM = GatherNeighbors(), FilterProduct(), NeighborSum()
@@ -106,13 +97,13 @@ def _plain_outer(a, b, scale, pair_i, pair_j, h):
 
 
 def _conv(x, filters, scale, pair_i, pair_j):
-    if _wrapped(x, filters):
+    if wrapped(x, filters):
         return _plain_conv(x, filters, scale, pair_i, pair_j)
     return _Conv.apply(x, filters, scale, pair_i, pair_j)
 
 
 def _outer(a, b, scale, pair_i, pair_j, h):
-    if _wrapped(a, b):
+    if wrapped(a, b):
         return _plain_outer(a, b, scale, pair_i, pair_j, h)
     return _Outer.apply(a, b, scale, pair_i, pair_j, h)
 
@@ -145,7 +136,7 @@ def _scale_backward(ctx, grad, x, filters, scale, pair_i, pair_j):
     one (inference) gets ∂L/∂W and ∂L/∂c from one kernel pass over the pairs."""
     h = filters.shape[0]
     grad_x = None
-    if torch.is_grad_enabled() or _wrapped(grad, x, filters, scale):
+    if torch.is_grad_enabled() or wrapped(grad, x, filters, scale):
         if ctx.needs_input_grad[0]:
             grad_x = _conv(grad, filters * scale[:, None], _NONE.to(filters.dtype), pair_j, pair_i)
         g_w = _outer(grad, x, _NONE.to(filters.dtype), pair_i, pair_j, h)

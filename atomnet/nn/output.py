@@ -21,6 +21,16 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or get_proxy_mode() is not None
 
 
+def wrapped(*tensors: torch.Tensor) -> bool:
+    """Whether any tensor is batched or wrapped by a transform (``torch.vmap``, or the batched backward passes of
+    ``autograd.grad(is_grads_batched=True)`` in :func:`atomnet.potential.hessian`): those take the plain torch ops,
+    which have batching rules (the fused cfconv kernels and atomnet's softplus Function have none)."""
+    functorch = torch._C._functorch
+    return any(
+        functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t) for t in tensors
+    )
+
+
 class AtomEmbedding(nn.Embedding):
     """Learned vector per element, x_i⁰ = a_{Z_i}. Shapes: (n_atoms,) int → (n_atoms, F).
 
