@@ -25,6 +25,9 @@ Variants:
   the cutoff was folded into the kernel as a per-row scale; affects energy training only);
 - ``module-filter-network``: the filter networks run layer by layer as their ``nn.Sequential`` with torch's
   softplus and a separate ``− ln 2`` (atomnet before ``FilterNetwork.raw``'s short route);
+- ``ops-scale-grads``: force training's create_graph backward of the cfconv with the cutoff folded in as
+  differentiable torch ops (W ∘ f_c, G ∘ f_c and Σ_f G ∘ W, each differentiated again by autograd: atomnet before
+  ``atomnet.nn.fused._OuterGrads``, whose backward is one kernel pass);
 - ``fused-adam``: ``torch.optim.Adam(fused=True)``, the optimiser ``atomnet train`` uses (every other variant, and
   every package in ``bench_peers.py``, steps the default foreach Adam);
 - ``compiled``: ``torch.compile(dynamic=True)`` of the energy model (energy training only: torch.compile does not
@@ -50,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "python-fused-cfconv",
-    "plain-cfconv", "unfolded-cutoff", "module-filter-network", "fused-adam", "compiled"
+    "plain-cfconv", "unfolded-cutoff", "module-filter-network", "ops-scale-grads", "fused-adam", "compiled"
 )  # fmt: skip
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -149,6 +152,26 @@ def patch_module_filter_network() -> None:
     activations.ShiftedSoftplus.forward = lambda self, x: F.softplus(x).sub_(activations.LN2)
 
 
+def patch_ops_scale_grads() -> None:
+    """The create_graph backward of the scaled conv as differentiable torch ops (W ∘ c, G ∘ c, Σ_f G ∘ W: atomnet
+    before ``fused._OuterGrads``); affects force training only."""
+    import torch
+
+    from atomnet.nn import fused
+
+    original = fused._scale_backward
+
+    def scale_backward(ctx, grad, x, filters, scale, pair_i, pair_j):
+        if not torch.is_grad_enabled():
+            return original(ctx, grad, x, filters, scale, pair_i, pair_j)
+        none = fused._NONE.to(filters.dtype)
+        grad_x = fused._conv(grad, filters * scale[:, None], none, pair_j, pair_i)
+        g_w = fused._outer(grad, x, none, pair_i, pair_j, filters.shape[0])
+        return grad_x, g_w * scale[:, None], (g_w * filters).sum(1), None, None
+
+    fused._scale_backward = scale_backward
+
+
 def worker(variant: str, forces: bool, args) -> dict:
     import torch
 
@@ -164,6 +187,8 @@ def worker(variant: str, forces: bool, args) -> dict:
         patch_unfolded_cutoff()
     if variant == "module-filter-network":
         patch_module_filter_network()
+    if variant == "ops-scale-grads":
+        patch_ops_scale_grads()
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_peers
 

@@ -108,6 +108,44 @@ def test_scaled_kernels_equal_the_reference_with_scaled_filters(mirrored, thread
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_force_training_backward_of_the_scaled_kernel(mirrored):
+    """The create_graph backward of conv(x, W, c) with c needing a gradient is :class:`fused._OuterGrads`; its
+    backward (one kernel pass, what force training's loss.backward runs) equals the same derivatives of the
+    plain ops, and its differentiable fallback gives third derivatives by gradgradcheck (finite differences)."""
+    torch.manual_seed(7)
+    i, j, h = pairs(7, mirrored)
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(h, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.rand(h, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+
+    def first(conv):  # the first derivatives in (x, W, c) for the upstream gradient g, as a graph
+        return torch.autograd.grad(conv(x, w, c), (x, w, c), g, create_graph=True)
+
+    fused_first = first(lambda x, w, c: fused.fused_cfconv(x, w, i, j, scale=c))
+    plain_first = first(lambda x, w, c: reference(x, w * c[:, None], i, j))
+    assert fused_first[1].grad_fn.name().startswith("_OuterGrads"), fused_first[1].grad_fn.name()
+    weights = [torch.randn_like(t) for t in fused_first]
+    inputs = (x, w, c, g)
+
+    def weighted(first_grads):
+        return sum((a * b).sum() for a, b in zip(first_grads, weights, strict=True))
+
+    want = torch.autograd.grad(weighted(plain_first), inputs)
+    got = torch.autograd.grad(weighted(fused_first), inputs)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    def grads_w_c(x, w, c, g):  # (∂L/∂W, ∂L/∂c) of the conv: the map _OuterGrads computes
+        out = fused.fused_cfconv(x, w, i, j, scale=c)
+        return torch.autograd.grad(out, (w, c), g, create_graph=True)
+
+    leaves = tuple(t.detach().clone().requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(grads_w_c, leaves)
+    assert torch.autograd.gradgradcheck(grads_w_c, leaves)
+
+
 def test_the_folded_cutoff_equals_the_plain_path(monkeypatch):
     """The cutoff goes into the kernel as a scale: energy training's energies and parameter gradients, and
     inference forces (∂L/∂f_c from the kernel), equal the plain module path (force training: the test above)."""

@@ -146,7 +146,7 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
     import torch
 
     from atomnet.models import schnet
-    from atomnet.nn import activations, cfconv
+    from atomnet.nn import activations, cfconv, fused
 
     script = load_script("bench_levers")
     peers = load_script("bench_peers")
@@ -160,6 +160,7 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
     for (cls, name), fn in originals.items():
         monkeypatch.setattr(cls, name, fn)  # restored after the test
     monkeypatch.setattr(schnet, "filter_and_convolve", schnet.filter_and_convolve)
+    monkeypatch.setattr(fused, "_scale_backward", fused._scale_backward)
 
     torch.manual_seed(0)
     adapter = peers.AtomnetAdapter()
@@ -174,12 +175,16 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
 
     reference = evaluate()
     levers = (script.patch_fused_cfconv, script.patch_one_first_layer, lambda: script.patch_chunked(7))
-    for patch in (*levers, script.patch_unfolded_cutoff, script.patch_module_filter_network):
+    scale_backward = fused._scale_backward
+    for patch in (
+        *levers, script.patch_unfolded_cutoff, script.patch_module_filter_network, script.patch_ops_scale_grads
+    ):  # fmt: skip
         patch()
         for got, want in zip(evaluate(), reference, strict=True):
             assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
         for (cls, name), fn in originals.items():
             setattr(cls, name, fn)
+        fused._scale_backward = scale_backward
 
 
 @pytest.mark.usefixtures("one_thread")

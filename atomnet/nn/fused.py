@@ -19,8 +19,8 @@ pair p: one filter per unordered pair). They are closed under differentiation, w
 c (h,) is an optional per-row scale, 1 when absent: SchNet's cutoff f_c(r_ij) folded into the kernels
 (:func:`atomnet.nn.cfconv.filter_and_convolve`), so the (h, F) product W ∘ f_c is never formed. The formulas
 above treat c as a constant; when c needs a gradient (forces) ∂L/∂c_q = Σ_f W_qf outer(g, x)_qf comes with
-∂L/∂W from one kernel pass (a plain backward) or from differentiable ops (the create_graph backward of force
-training, whose double backward then runs through the same kernels).
+∂L/∂W from one kernel pass, in a plain backward and in the create_graph backward of force training (there as
+:class:`_OuterGrads`, whose own backward is one more pass over the filter rows and two conv calls).
 
 Both are tested against the plain path and by ``torch.autograd.gradcheck`` / ``gradgradcheck`` in float64
 (``tests/test_fused_cfconv.py``). The sums run in a different order than ``index_add``, so float32 results agree
@@ -136,7 +136,7 @@ def _scale_backward(ctx, grad, x, filters, scale, pair_i, pair_j):
     one (inference) gets ∂L/∂W and ∂L/∂c from one kernel pass over the pairs."""
     h = filters.shape[0]
     grad_x = None
-    if torch.is_grad_enabled() or wrapped(grad, x, filters, scale):
+    if wrapped(grad, x, filters, scale):  # batched gradients (Hessian rows, vmap): plain differentiable ops
         if ctx.needs_input_grad[0]:
             grad_x = _conv(grad, filters * scale[:, None], _NONE.to(filters.dtype), pair_j, pair_i)
         g_w = _outer(grad, x, _NONE.to(filters.dtype), pair_i, pair_j, h)
@@ -144,8 +144,50 @@ def _scale_backward(ctx, grad, x, filters, scale, pair_i, pair_j):
         return grad_x, grad_filters, (g_w * filters).sum(1), None, None
     if ctx.needs_input_grad[0]:
         grad_x = _conv(grad, filters, scale, pair_j, pair_i)
-    grad_filters, grad_scale = EXTENSION.state["module"].outer_grads(grad, x, scale, filters, pair_i, pair_j)
+    if torch.is_grad_enabled():  # force training's create_graph: a map whose own backward is one kernel pass
+        grad_filters, grad_scale = _OuterGrads.apply(grad, x, scale, filters, pair_i, pair_j)
+    else:
+        grad_filters, grad_scale, _ = EXTENSION.state["module"].outer_grads(
+            grad, x, scale, filters, pair_i, pair_j, False
+        )
     return grad_x, grad_filters if ctx.needs_input_grad[1] else None, grad_scale, None, None
+
+
+class _OuterGrads(torch.autograd.Function):
+    """(∂L/∂W, ∂L/∂c) = (c ∘ G, Σ_f G ∘ W) with G = outer(g, x; i, j), as a function of (g, x, c, W): the
+    create_graph backward of conv(x, W, c) when c needs a gradient (force training).
+
+    Its backward, for upstream gradients (Γ_W, γ_c): H = Γ_W ∘ c + γ_c ∘ W is the gradient with respect to G, so
+    ∂/∂g = conv(x, H; i, j) and ∂/∂x = conv(g, H; j, i) (as for :class:`_Outer`); ∂/∂W = γ_c ∘ G and
+    ∂/∂c = Σ_f Γ_W ∘ G. H, ∂/∂W and ∂/∂c come from one kernel pass over the (h, F) rows (G is kept from the
+    forward), where the same map as differentiable torch ops took about ten (three products in the forward, each
+    with two more and a sum in the backward). A backward that must itself be differentiable (third derivatives)
+    uses those torch ops.
+    """
+
+    @staticmethod
+    def forward(ctx, g, x, scale, filters, pair_i, pair_j):
+        grad_filters, grad_scale, kept = EXTENSION.state["module"].outer_grads(
+            g, x, scale, filters, pair_i, pair_j, True
+        )
+        ctx.save_for_backward(g, x, scale, filters, kept, pair_i, pair_j)
+        return grad_filters, grad_scale
+
+    @staticmethod
+    def backward(ctx, grad_w, grad_c):
+        g, x, scale, filters, kept, pair_i, pair_j = ctx.saved_tensors
+        none = _NONE.to(filters.dtype)
+        if torch.is_grad_enabled() or wrapped(grad_w, grad_c):
+            kept = _outer(g, x, none, pair_i, pair_j, filters.shape[0])  # differentiable in g and x
+            grad_kept = grad_w * scale[:, None] + grad_c[:, None] * filters
+            d_filters, d_scale = grad_c[:, None] * kept, (grad_w * kept).sum(1)
+        else:
+            grad_kept, d_filters, d_scale = EXTENSION.state["module"].outer_grads_backward(
+                grad_w, grad_c, scale, filters, kept
+            )
+        d_g = _conv(x, grad_kept, none, pair_i, pair_j) if ctx.needs_input_grad[0] else None
+        d_x = _conv(g, grad_kept, none, pair_j, pair_i) if ctx.needs_input_grad[1] else None
+        return d_g, d_x, d_scale, d_filters, None, None
 
 
 class _Outer(torch.autograd.Function):

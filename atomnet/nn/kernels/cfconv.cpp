@@ -147,8 +147,9 @@ torch::Tensor outer(torch::Tensor a, torch::Tensor b, torch::Tensor c, torch::Te
 
 // The gradients of out = conv(x, w, c) with respect to w and c for an upstream gradient g, in one pass:
 // G_q = sum over p with p mod h = q of g[i_p] * x[j_p]; grad_w[q] = c[q] * G_q; grad_c[q] = sum_k G_qk w_qk.
+// keep: also return G itself (h, F), which the backward of this map needs (force training's double backward).
 std::vector<torch::Tensor> outer_grads(torch::Tensor g, torch::Tensor x, torch::Tensor c, torch::Tensor w,
-                                       torch::Tensor pi, torch::Tensor pj) {
+                                       torch::Tensor pi, torch::Tensor pj, bool keep) {
   const int64_t h = w.size(0);
   check(g, x, pi, pj, h);
   TORCH_CHECK(w.dim() == 2 && w.size(1) == g.size(1) && w.scalar_type() == g.scalar_type(), "fused cfconv: filters");
@@ -158,7 +159,8 @@ std::vector<torch::Tensor> outer_grads(torch::Tensor g, torch::Tensor x, torch::
   const int64_t f = g.size(1), n_pairs = pi.numel();
   auto grad_w = torch::empty({h, f}, g.options());
   auto grad_c = torch::empty({h}, g.options());
-  if (h == 0) return {grad_w, grad_c};
+  auto kept = torch::empty({keep ? h : 0, f}, g.options());
+  if (h == 0) return {grad_w, grad_c, kept};
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "atomnet_outer_grads", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -168,10 +170,12 @@ std::vector<torch::Tensor> outer_grads(torch::Tensor g, torch::Tensor x, torch::
     const int64_t* jp = pj.data_ptr<int64_t>();
     scalar_t* ow = grad_w.data_ptr<scalar_t>();
     scalar_t* oc = grad_c.data_ptr<scalar_t>();
+    scalar_t* ok = keep ? kept.data_ptr<scalar_t>() : nullptr;
     const bool mirrored = n_pairs == 2 * h;
     at::parallel_for(0, h, 256, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         scalar_t* __restrict__ o = ow + q * f;
+        scalar_t* __restrict__ gq = ok ? ok + q * f : nullptr;
         const scalar_t* __restrict__ wq = wp + q * f;
         const scalar_t* __restrict__ g1 = gp + ip[q] * f;
         const scalar_t* __restrict__ x1 = xp + jp[q] * f;
@@ -185,22 +189,73 @@ std::vector<torch::Tensor> outer_grads(torch::Tensor g, torch::Tensor x, torch::
             dot += gk * wq[k];
             o[k] = gk * s;
           }
+          if (gq)
+            for (int64_t k = 0; k < f; ++k) gq[k] = g1[k] * x1[k] + g2[k] * x2[k];
         } else {
           for (int64_t k = 0; k < f; ++k) {
             const scalar_t gk = g1[k] * x1[k];
             dot += gk * wq[k];
             o[k] = gk * s;
           }
+          if (gq)
+            for (int64_t k = 0; k < f; ++k) gq[k] = g1[k] * x1[k];
         }
         oc[q] = dot;
       }
     });
   });
-  return {grad_w, grad_c};
+  return {grad_w, grad_c, kept};
+}
+
+// The backward of (grad_w, grad_c) = (c * G, sum_k G * w) in (G, w, c), in one pass over the rows, for upstream
+// gradients gw (h, F) and gc (h,): H = gw * c + gc * w (the gradient with respect to G, which the caller turns into
+// the gradients of g and x with two conv calls), dw = gc * G, dc[q] = sum_k gw_qk G_qk.
+std::vector<torch::Tensor> outer_grads_backward(torch::Tensor gw, torch::Tensor gc, torch::Tensor c, torch::Tensor w,
+                                                torch::Tensor big_g) {
+  const int64_t h = w.size(0), f = w.size(1);
+  TORCH_CHECK(gw.sizes() == w.sizes() && big_g.sizes() == w.sizes(), "fused cfconv: (h, F) gradients");
+  TORCH_CHECK(gc.dim() == 1 && gc.size(0) == h && c.dim() == 1 && c.size(0) == h, "fused cfconv: (h,) scales");
+  TORCH_CHECK(gw.scalar_type() == w.scalar_type() && gc.scalar_type() == w.scalar_type() &&
+                  c.scalar_type() == w.scalar_type() && big_g.scalar_type() == w.scalar_type(),
+              "fused cfconv: one dtype");
+  gw = gw.contiguous(); gc = gc.contiguous(); c = c.contiguous(); w = w.contiguous(); big_g = big_g.contiguous();
+  auto grad_g = torch::empty({h, f}, w.options());
+  auto grad_w = torch::empty({h, f}, w.options());
+  auto grad_c = torch::empty({h}, w.options());
+  if (h == 0) return {grad_g, grad_w, grad_c};
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "atomnet_outer_grads_backward", [&] {
+    const scalar_t* gwp = gw.data_ptr<scalar_t>();
+    const scalar_t* gcp = gc.data_ptr<scalar_t>();
+    const scalar_t* cp = c.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const scalar_t* bp = big_g.data_ptr<scalar_t>();
+    scalar_t* hp = grad_g.data_ptr<scalar_t>();
+    scalar_t* dwp = grad_w.data_ptr<scalar_t>();
+    scalar_t* dcp = grad_c.data_ptr<scalar_t>();
+    at::parallel_for(0, h, 256, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const scalar_t s = cp[q], t = gcp[q];
+        const scalar_t* __restrict__ a = gwp + q * f;
+        const scalar_t* __restrict__ wq = wp + q * f;
+        const scalar_t* __restrict__ b = bp + q * f;
+        scalar_t* __restrict__ o = hp + q * f;
+        scalar_t* __restrict__ d = dwp + q * f;
+        scalar_t dot = 0;
+        for (int64_t k = 0; k < f; ++k) {
+          o[k] = a[k] * s + t * wq[k];
+          d[k] = t * b[k];
+          dot += a[k] * b[k];
+        }
+        dcp[q] = dot;
+      }
+    });
+  });
+  return {grad_g, grad_w, grad_c};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("outer_grads", &outer_grads, "(c[q] * G_q, sum_k G_qk w_qk) with G_q = sum_{p mod h = q} g[i_p] * x[j_p]");
+  m.def("outer_grads_backward", &outer_grads_backward, "(gw * c + gc * w, gc * G, sum_k gw * G)");
   m.def("conv", &conv, "out[i_p] += x[j_p] * w[p mod h] * c[p mod h]");
   m.def("outer", &outer, "g_w[q] = c[q] * sum_{p mod h = q} a[i_p] * b[j_p]");
 }
