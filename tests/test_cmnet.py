@@ -70,6 +70,22 @@ def test_random_sorting_in_training_and_deterministic_evaluation():
     avg = make_potential(test_sortings=8)
     e = avg(batch, forces=False)[keys.ENERGY]
     assert torch.isfinite(e).all() and not torch.allclose(e, a)
+    # the evaluation draws are a fixed table: the same energies on every call, whatever the global RNG
+    torch.manual_seed(123)
+    torch.testing.assert_close(avg(batch, forces=False)[keys.ENERGY], e, rtol=0, atol=0)
+    # ... and the mean of the model on those 8 noisy sortings, each molecule on its own
+    model = avg.model
+    table = model.evaluation_noise(8, batch.positions)
+    assert table.shape == (8, model.max_atoms)
+    by_hand = torch.stack(
+        [model.output(model.features(batch, batch.positions, row.expand(3, -1))).squeeze(-1) for row in table]
+    ).mean(0)
+    y, _ = model.molecular_outputs(batch, batch.positions)
+    torch.testing.assert_close(y, by_hand, rtol=1e-12, atol=1e-12)
+    check_batch_equals_single(avg, MOLS)
+    other = make_potential(test_sortings=8, sorting_seed=1)
+    other.model.load_state_dict(model.state_dict())
+    assert not torch.allclose(other(batch, forces=False)[keys.ENERGY], e)
 
 
 def test_physics_that_holds():

@@ -50,7 +50,11 @@ class CMNet(AtomisticModel):
         activation: ``"tanh"`` (paper: sigmoid-like) or ``"ssp"``.
         expansion: ``"binarize"`` or ``"none"``; n_steps, theta: binarisation (values per entry, step).
         sigma: noise of the random sorting during training (paper: 1).
-        test_sortings: at evaluation, average over this many random sortings (1: the sorted matrix only).
+        test_sortings: at evaluation, average over this many random sortings (1: the sorted matrix only). The
+            evaluation draws are a fixed table of ``test_sortings`` noise vectors from ``sorting_seed``, the
+            same for every molecule and every call, so predictions (and explanations, which call the model
+            many times) are deterministic and do not depend on how molecules are batched.
+        sorting_seed: seed of that table.
         max_z, reduce: as for SchNet.
         properties: extra targets (multitask, Montavon et al. 2013): the hidden layers are shared, each
             property has its own last dense layer on the last hidden layer (one output per target).
@@ -69,6 +73,7 @@ class CMNet(AtomisticModel):
         theta: float = 1.0,
         sigma: float = 1.0,
         test_sortings: int = 1,
+        sorting_seed: int = 0,
         max_z: int = 100,
         reduce: str = "sum",
         properties: list[dict] | None = None,
@@ -79,6 +84,7 @@ class CMNet(AtomisticModel):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.max_atoms, self.sigma, self.test_sortings = int(max_atoms), float(sigma), int(test_sortings)
+        self.sorting_seed = int(sorting_seed)
         self.features = CoulombFeatures(self.max_atoms, expansion, n_steps, theta)
         width = self.features.width
         layers: list[nn.Module] = []
@@ -101,19 +107,29 @@ class CMNet(AtomisticModel):
         """(output (n_molecules,), last hidden layer (n_molecules, H)), each averaged over random sortings
         where asked (the mean is linear: relevance splits equally among the draws)."""
         draws = 1 if self.training else max(1, self.test_sortings)
+        table = self.evaluation_noise(draws, positions) if draws > 1 else None
         outs, hidden = [], []
-        for _ in range(draws):
+        for d in range(draws):
             noise = None
-            if self.training or draws > 1:
+            if self.training:
                 noise = self.sigma * torch.randn(
                     batch.n_molecules, self.max_atoms, dtype=positions.dtype, device=positions.device
                 )
+            elif table is not None:
+                noise = table[d].expand(batch.n_molecules, self.max_atoms)
             h = self.output[:-1](self.features(batch, positions, noise))
             outs.append(self.output[-1](h).squeeze(-1))
             hidden.append(h)
         if draws == 1:
             return outs[0], hidden[0]
         return torch.stack(outs).mean(0), torch.stack(hidden).mean(0)
+
+    def evaluation_noise(self, draws: int, like: torch.Tensor) -> torch.Tensor:
+        """σ · N(0, 1) noise of the evaluation sortings, (draws, max_atoms): drawn from ``sorting_seed`` (in
+        float64 on the CPU, so the table is the same on every device and dtype)."""
+        generator = torch.Generator().manual_seed(self.sorting_seed)
+        table = self.sigma * torch.randn(draws, self.max_atoms, dtype=torch.float64, generator=generator)
+        return table.to(dtype=like.dtype, device=like.device)
 
     def forward(
         self, batch: AtomsBatch, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None
