@@ -57,7 +57,17 @@ def test_two_readers_while_a_third_process_converts(store, tmp_path):
     ase.io.write(source, ase.io.read(XTB, index="1000:1600"))
     other = tmp_path / "other.h5"
     convert = subprocess.Popen(
-        [sys.executable, "-m", "atomnet.cli", "data", "convert", str(source), str(other), "--energy-unit", "eV"],
+        [
+            sys.executable,
+            "-m",
+            "atomnet.cli",
+            "data",
+            "convert",
+            str(source),
+            str(other),
+            "--energy-unit",
+            "eV",
+        ],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -129,7 +129,9 @@ def test_nan_coordinates(shared_data, tmp_path):
 def test_unreadable(tmp_path, text):
     path = tmp_path / "bad.xyz"
     path.write_text(text)
-    with pytest.raises(DataFormatError, match=r"bad\.xyz( \((frame|line) [^)]*\))?: [^\n]+$"):  # one line, file + place
+    with pytest.raises(
+        DataFormatError, match=r"bad\.xyz( \((frame|line) [^)]*\))?: [^\n]+$"
+    ):  # one line, file + place
         read_ase(path)
 
 

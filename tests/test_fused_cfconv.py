@@ -352,3 +352,91 @@ def test_unusable_kernel_dir_falls_back_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setattr(fused.EXTENSION, "state", {})
     with pytest.warns(RuntimeWarning, match="could not be built"):
         assert fused.load() is None
+
+
+def table_reference(x, coefficients, spacing, r, fcut, pair_i, pair_j):
+    """The tabulated filter as its module (``TabulatedFilter``), then the direct convolution."""
+    from atomnet.nn.tabulated import TabulatedFilter
+
+    return reference(x, TabulatedFilter(coefficients, spacing)(r, fcut), pair_i, pair_j)
+
+
+def random_table(f: int, n_segments: int = 12, spacing: float = 0.5):
+    torch.manual_seed(11)
+    from atomnet.nn.tabulated import hermite_coefficients
+
+    values = torch.randn(n_segments + 1, f, dtype=torch.float64)
+    slopes = torch.randn(n_segments + 1, f, dtype=torch.float64)
+    return hermite_coefficients(values, slopes, spacing), spacing
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_table_kernel_equals_the_tabulated_module(mirrored, threads):
+    """The convolution with filters interpolated inside the kernel equals TabulatedFilter + the direct sum,
+    values and first derivatives in (x, r, f_c), also at r = 0, on a node and beyond the table's end."""
+    coefficients, spacing = random_table(8)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n in (9, 400):
+            i, j, h = pairs(n, mirrored)
+            x = torch.randn(n, 8, dtype=torch.float64, requires_grad=True)
+            r = (torch.rand(h, dtype=torch.float64) * 7.0).requires_grad_()  # the table ends at 6
+            with torch.no_grad():
+                r[:3] = torch.tensor([0.0, 2.5, 6.0])
+            fcut = torch.rand(h, dtype=torch.float64, requires_grad=True)
+            got = fused.fused_table_cfconv(x, coefficients, spacing, r, fcut, i, j)
+            want = table_reference(x, coefficients, spacing, r, fcut, i, j)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            g = torch.randn_like(got)
+            for a, b in zip(
+                torch.autograd.grad(got, (x, r, fcut), g),
+                torch.autograd.grad(want, (x, r, fcut), g),
+                strict=True,
+            ):
+                torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_table_kernel_gradcheck_and_second_derivatives(mirrored):
+    """gradcheck (the one-pass kernel backward) and gradgradcheck (the differentiable backward) by finite
+    differences, with distances inside segments (the Hermite interpolant is C¹, its second derivative jumps at
+    nodes)."""
+    coefficients, spacing = random_table(3)
+    i, j, h = pairs(6, mirrored)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    segment = torch.randint(0, 11, (h,), generator=torch.Generator().manual_seed(2))
+    r = ((segment + 0.2 + 0.6 * torch.rand(h, dtype=torch.float64)) * spacing).requires_grad_()
+    fcut = torch.rand(h, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, r, c: fused.fused_table_cfconv(x, coefficients, spacing, r, c, i, j)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, r, fcut))
+    assert torch.autograd.gradgradcheck(fn, (x, r, fcut))
+
+
+def test_tabulated_schnet_takes_the_table_kernel(monkeypatch):
+    """A tabulated SchNet (``tabulate_filters``): energies, forces and the Hessian through the table kernel
+    equal the module path (``ATOMNET_FUSED=0``) in float64, and no filter array is formed."""
+    from atomnet.models import tabulate_filters
+    from atomnet.potential import hessian
+
+    pot = Potential(tabulate_filters(schnet_potential().model)).eval()
+    batch = batch_from_atoms([molecule("CH3CH2OH"), molecule("C6H6")], cutoff=4.0, dtype=torch.float64)
+    calls = []
+    original = fused._TableConv.forward
+    monkeypatch.setattr(fused._TableConv, "forward", staticmethod(lambda *a: calls.append(1) or original(*a)))
+    fast = pot(batch, forces=True)
+    assert len(calls) == 2, "the table kernel was not used by both interactions"
+    one = batch_from_atoms([molecule("CH3CH2OH")], cutoff=4.0, dtype=torch.float64)
+    fast_hessian = hessian(pot.model, one, rows_per_pass=27)
+    monkeypatch.setenv("ATOMNET_FUSED", "0")
+    calls.clear()
+    slow = pot(batch, forces=True)
+    assert not calls
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(fast[key], slow[key], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        fast_hessian, hessian(pot.model, one, rows_per_pass=27), rtol=1e-10, atol=1e-10
+    )

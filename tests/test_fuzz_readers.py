@@ -29,7 +29,17 @@ from atomnet.errors import DataFormatError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: the readers of this file; cases per reader: fz.DEFAULT_EXAMPLES (default run), fz.SLOW_EXAMPLES (slow)
-NAMES = ["qm9_xyz", "qm9_tarball", "qm9pack", "md17_npz", "rmd17_npz", "index_file", "qm7", "extxyz", "ase_db"]
+NAMES = [
+    "qm9_xyz",
+    "qm9_tarball",
+    "qm9pack",
+    "md17_npz",
+    "rmd17_npz",
+    "index_file",
+    "qm7",
+    "extxyz",
+    "ase_db",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)

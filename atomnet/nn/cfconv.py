@@ -14,6 +14,7 @@ from torch.nn.modules import module as torch_module
 from atomnet.nn import fused
 from atomnet.nn.activations import LN2, ShiftedSoftplus, softplus
 from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum
+from atomnet.nn.tabulated import TabulatedFilter
 
 
 class FilterNetwork(nn.Module):
@@ -117,10 +118,39 @@ def filter_and_convolve(
     """``cfconv(x, filter_network(rbf, fcut), pair_i, pair_j)``, with the cutoff folded into the fused kernel where
     that computes the same: a plain :class:`FilterNetwork` that nothing hooks and a fusable cfconv. Then the kernel
     scales each filter row by f_c(r_ij) as it reads it, so the (h, F) array W ∘ f_c is never formed (nor, in
-    energy training, its backward; with forces ∂L/∂f_c comes out of the kernel's filter-gradient pass)."""
+    energy training, its backward; with forces ∂L/∂f_c comes out of the kernel's filter-gradient pass).
+
+    A :class:`~atomnet.nn.tabulated.TabulatedFilter` (fed the distances r by a tabulated copy of the model) goes
+    into the kernel as its table: each filter row is interpolated where the kernel needs it, forward and
+    backward, so no (n_pairs, F) array is formed at all (:func:`atomnet.nn.fused.fused_table_cfconv`)."""
+    if type(filter_network) is TabulatedFilter and _table_fusable(
+        filter_network, cfconv, x, rbf, fcut, pair_i
+    ):
+        table = filter_network.coefficients
+        return fused.fused_table_cfconv(x, table, filter_network.spacing, rbf, fcut, pair_i, pair_j)
     if type(filter_network) is FilterNetwork and not _hooked(filter_network):
         raw = filter_network.raw(rbf)
         if fcut.shape == raw.shape[:1] and cfconv._fusable(x, raw, pair_i):
             return fused.fused_cfconv(x, raw, pair_i, pair_j, scale=fcut.to(raw.dtype))
         return cfconv(x, raw * fcut[:, None], pair_i, pair_j)
     return cfconv(x, filter_network(rbf, fcut), pair_i, pair_j)
+
+
+def _table_fusable(
+    table: TabulatedFilter,
+    cfconv: CFConv,
+    x: torch.Tensor,
+    r: torch.Tensor,
+    fcut: torch.Tensor,
+    pair_i: torch.Tensor,
+) -> bool:
+    coefficients = table.coefficients
+    if _hooked(table, cfconv.gather, cfconv.product, cfconv.aggregate) or coefficients.requires_grad:
+        return False
+    if r.dim() != 1 or fcut.shape != r.shape or coefficients.dim() != 3 or x.dim() != 2:
+        return False
+    if coefficients.shape[1:] != (4, x.shape[1]) or pair_i.shape[0] not in (r.shape[0], 2 * r.shape[0]):
+        return False
+    if len({t.dtype for t in (x, r, fcut, coefficients)}) != 1:
+        return False
+    return fused.usable(x, r, fcut, coefficients)

@@ -209,6 +209,86 @@ class _Outer(torch.autograd.Function):
         return grad_a, grad_b, None, None, None, None
 
 
+def table_rows(
+    coefficients: torch.Tensor, inv_h: float, r: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """W(r) and dW/dr (h, F) from a Hermite table as differentiable torch ops, the same arithmetic as
+    :meth:`atomnet.nn.tabulated.TabulatedFilter.forward` and the ``table_conv`` kernel."""
+    x = r * inv_h
+    node = x.detach().floor().clamp_(0, coefficients.shape[0] - 1)
+    local = x - node
+    t = local.clamp(max=1.0)[:, None]
+    c0, c1, c2, c3 = coefficients[node.long()].unbind(1)
+    w = c0 + t * (c1 + t * (c2 + t * c3))
+    slope = (c1 + t * (2.0 * c2 + 3.0 * t * c3)) * (inv_h * (local <= 1.0).to(r.dtype))[:, None]
+    return w, slope
+
+
+class _TableConv(torch.autograd.Function):
+    """out = Σ_j x_j ∘ W(r_ij) c_ij with W from a cubic Hermite table, computed per pair inside the kernel.
+
+    Backward (upstream g; G = outer(g, x)): ∂L/∂x = the same convolution with i and j swapped; ∂L/∂r_q =
+    c_q Σ_f G_qf dW_qf/dr; ∂L/∂c_q = Σ_f G_qf W_qf, both from one kernel pass (``table_grads``) that recomputes
+    W and dW/dr. A backward that must be differentiable (create_graph: Hessians, force training through a
+    table) or is batched uses :func:`table_rows` and the conv/outer functions instead. The table itself gets no
+    gradient (tabulated models are frozen copies).
+    """
+
+    @staticmethod
+    def forward(ctx, x, r, scale, coefficients, inv_h, pair_i, pair_j):
+        ctx.save_for_backward(x, r, scale, coefficients, pair_i, pair_j)
+        ctx.inv_h = inv_h
+        module = EXTENSION.state["module"]
+        return module.table_conv(x, coefficients, inv_h, r, scale, pair_i, pair_j, x.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, r, scale, coefficients, pair_i, pair_j = ctx.saved_tensors
+        need_x, need_r, need_c = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled() or wrapped(grad, x, r, scale):
+            none = _NONE.to(x.dtype)
+            w, slope = table_rows(coefficients, ctx.inv_h, r)
+            grad_x = _conv(grad, w * scale[:, None], none, pair_j, pair_i) if need_x else None
+            g_w = _outer(grad, x, none, pair_i, pair_j, r.shape[0])
+            grad_r = scale * (g_w * slope).sum(1) if need_r else None
+            grad_c = (g_w * w).sum(1) if need_c else None
+            return grad_x, grad_r, grad_c, None, None, None, None
+        module = EXTENSION.state["module"]
+        grad_x = None
+        if need_x:
+            grad_x = module.table_conv(grad, coefficients, ctx.inv_h, r, scale, pair_j, pair_i, x.shape[0])
+        grad_r = grad_c = None
+        if need_r or need_c:
+            grad_r, grad_c = module.table_grads(grad, x, coefficients, ctx.inv_h, r, scale, pair_i, pair_j)
+        return grad_x, grad_r if need_r else None, grad_c if need_c else None, None, None, None, None
+
+
+def fused_table_cfconv(
+    x: torch.Tensor,
+    coefficients: torch.Tensor,
+    spacing: float,
+    r: torch.Tensor,
+    fcut: torch.Tensor,
+    pair_i: torch.Tensor,
+    pair_j: torch.Tensor,
+) -> torch.Tensor:
+    """m_i = Σ_j x_j ∘ W(r_ij) f_c(r_ij) with W a :class:`~atomnet.nn.tabulated.TabulatedFilter` table, through
+    the fused kernels (call :func:`usable` first): no (n_pairs, F) array in the forward or the backward.
+
+    Shapes: x (n_atoms, F), coefficients (n_segments, 4, F), r and fcut (h,) with h = n_pairs or n_pairs / 2
+    (mirrored), pair_i/pair_j (n_pairs,) int64 → (n_atoms, F). Differentiable in x, r and fcut.
+    """
+    return _TableConv.apply(
+        x.contiguous(),
+        r.contiguous(),
+        fcut.contiguous(),
+        coefficients.detach().contiguous(),
+        1.0 / spacing,
+        pair_i,
+        pair_j,
+    )
+
+
 def fused_cfconv(
     x: torch.Tensor,
     filters: torch.Tensor,

@@ -3,6 +3,10 @@
 // conv:  out[i_p] += x[j_p] * w[p mod h] * c[p mod h]              (n_atoms, F); no (n_pairs, F) intermediate
 // outer: g_w[q]    = c[q] * sum over the pairs p with p mod h = q of a[i_p] * b[j_p]    (h, F)
 //
+// table_conv / table_grads: the same convolution with each filter row computed on the fly from a cubic Hermite
+// table of the distance (atomnet.nn.tabulated), W_q = c0 + t (c1 + t (c2 + t c3)) at t = r_q / h - k, so no
+// (h, F) filter array exists at all (inference and MD with tabulated filters).
+//
 // c (h,) is an optional per-row scale (the cosine cutoff of SchNet's filters, folded in so that the (h, F)
 // product W * f_c is never formed); an empty tensor means c = 1.
 //
@@ -14,6 +18,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <vector>
 
 namespace {
@@ -61,6 +66,36 @@ const T* scale_data(const torch::Tensor& c, int64_t h) {
   return c.data_ptr<T>();
 }
 
+
+// Runs block(target, q0, q1) over the filter rows [0, h), one contiguous block per thread, each accumulating into
+// its own (n_atoms, F) buffer (the first thread into out); the buffers are then summed in a fixed order.
+template <typename T, typename Block>
+void accumulate_rows(torch::Tensor& out, int64_t h, const Block& block) {
+  T* op = out.data_ptr<T>();
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), h / 256));
+  if (threads == 1) {
+    block(op, 0, h);
+    return;
+  }
+  std::vector<torch::Tensor> partial(threads - 1);
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      T* target = op;
+      if (t > 0) {
+        partial[t - 1] = torch::zeros_like(out);
+        target = partial[t - 1].data_ptr<T>();
+      }
+      block(target, h * t / threads, h * (t + 1) / threads);
+    }
+  });
+  at::parallel_for(0, out.numel(), 4096, [&](int64_t a0, int64_t a1) {
+    for (int64_t t = 0; t < threads - 1; ++t) {
+      const T* src = partial[t].data_ptr<T>();
+      for (int64_t k = a0; k < a1; ++k) op[k] += src[k];
+    }
+  });
+}
+
 }  // namespace
 
 // out (n_atoms, F) with out[i_p] = sum_p x[j_p] * w[p mod h] * c[p mod h]
@@ -73,36 +108,14 @@ torch::Tensor conv(torch::Tensor x, torch::Tensor w, torch::Tensor c, torch::Ten
   const int64_t f = x.size(1), h = w.size(0), n_pairs = pi.numel();
   auto out = torch::zeros({n_atoms, f}, x.options());
   if (h == 0 || f == 0) return out;
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), h / 256));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "atomnet_conv", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     const scalar_t* cp = scale_data<scalar_t>(c, h);
     const int64_t* ip = pi.data_ptr<int64_t>();
     const int64_t* jp = pj.data_ptr<int64_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    if (threads == 1) {
-      conv_block(xp, wp, cp, ip, jp, op, f, h, n_pairs, 0, h);
-      return;
-    }
-    std::vector<torch::Tensor> partial(threads - 1);
-    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t q0 = h * t / threads, q1 = h * (t + 1) / threads;
-        scalar_t* target = op;
-        if (t > 0) {
-          partial[t - 1] = torch::zeros({n_atoms, f}, x.options());
-          target = partial[t - 1].data_ptr<scalar_t>();
-        }
-        conv_block(xp, wp, cp, ip, jp, target, f, h, n_pairs, q0, q1);
-      }
-    });
-    const int64_t total = n_atoms * f;
-    at::parallel_for(0, total, 4096, [&](int64_t a0, int64_t a1) {
-      for (int64_t t = 0; t < threads - 1; ++t) {
-        const scalar_t* src = partial[t].data_ptr<scalar_t>();
-        for (int64_t k = a0; k < a1; ++k) op[k] += src[k];
-      }
+    accumulate_rows<scalar_t>(out, h, [&](scalar_t* target, int64_t q0, int64_t q1) {
+      conv_block(xp, wp, cp, ip, jp, target, f, h, n_pairs, q0, q1);
     });
   });
   return out;
@@ -253,9 +266,142 @@ std::vector<torch::Tensor> outer_grads_backward(torch::Tensor gw, torch::Tensor 
   return {grad_g, grad_w, grad_c};
 }
 
+namespace {
+
+// the segment k and local coordinate t of distance r on a table of n_seg segments of width 1 / inv_h, as
+// TabulatedFilter.forward: k = clamp(floor(r inv_h), 0, n_seg - 1), t = min(r inv_h - k, 1); slope: dt/dr
+// (inv_h, or 0 where t was clamped)
+template <typename T>
+inline void segment(T r, T inv_h, int64_t n_seg, int64_t& k, T& t, T& slope) {
+  const T x = r * inv_h;
+  T node = std::floor(x);
+  node = node < T(0) ? T(0) : (node > T(n_seg - 1) ? T(n_seg - 1) : node);
+  k = static_cast<int64_t>(node);
+  t = x - node;
+  slope = t <= T(1) ? inv_h : T(0);
+  if (t > T(1)) t = T(1);
+}
+
+template <typename T>
+void table_conv_block(const T* x, const T* coef, T inv_h, int64_t n_seg, const T* r, const T* scale,
+                      const int64_t* pi, const int64_t* pj, T* out, int64_t f, int64_t h, int64_t n_pairs,
+                      int64_t q0, int64_t q1) {
+  const bool mirrored = n_pairs == 2 * h;
+  std::vector<T> row(f);
+  T* __restrict__ w = row.data();
+  for (int64_t q = q0; q < q1; ++q) {
+    int64_t k;
+    T t, slope;
+    segment(r[q], inv_h, n_seg, k, t, slope);
+    const T* __restrict__ c = coef + k * 4 * f;
+    const T s = scale ? scale[q] : T(1);
+    for (int64_t m = 0; m < f; ++m) w[m] = (c[m] + t * (c[f + m] + t * (c[2 * f + m] + t * c[3 * f + m]))) * s;
+    axpy_product(out + pi[q] * f, x + pj[q] * f, w, f);
+    if (mirrored) axpy_product(out + pi[q + h] * f, x + pj[q + h] * f, w, f);
+  }
+}
+
+void check_table(const torch::Tensor& coef, const torch::Tensor& r, const torch::Tensor& x, int64_t f) {
+  TORCH_CHECK(coef.dim() == 3 && coef.size(1) == 4 && coef.size(2) == f && coef.size(0) > 0,
+              "fused cfconv: table of shape (n_segments, 4, F)");
+  TORCH_CHECK(coef.scalar_type() == x.scalar_type() && r.scalar_type() == x.scalar_type(),
+              "fused cfconv: table and distances of the inputs' dtype");
+  TORCH_CHECK(r.dim() == 1, "fused cfconv: distances of shape (h,)");
+}
+
+}  // namespace
+
+// out (n_atoms, F) with out[i_p] = sum_p x[j_p] * W(r_{p mod h}) * c[p mod h], W from the Hermite table
+torch::Tensor table_conv(torch::Tensor x, torch::Tensor coef, double inv_h, torch::Tensor r, torch::Tensor c,
+                         torch::Tensor pi, torch::Tensor pj, int64_t n_atoms) {
+  x = x.contiguous(); coef = coef.contiguous(); r = r.contiguous(); c = c.contiguous();
+  pi = pi.contiguous(); pj = pj.contiguous();
+  const int64_t f = x.size(1), h = r.size(0), n_pairs = pi.numel(), n_seg = coef.size(0);
+  check_table(coef, r, x, f);
+  TORCH_CHECK(x.dim() == 2 && x.device().is_cpu(), "fused cfconv: CPU (n, F) inputs");
+  TORCH_CHECK(pi.scalar_type() == torch::kLong && pj.scalar_type() == torch::kLong, "fused cfconv: int64 pairs");
+  TORCH_CHECK(pi.numel() == pj.numel() && (n_pairs == h || n_pairs == 2 * h), "fused cfconv: pair count");
+  TORCH_CHECK(c.numel() == 0 || c.scalar_type() == x.scalar_type(), "fused cfconv: scale of the inputs' dtype");
+  auto out = torch::zeros({n_atoms, f}, x.options());
+  if (h == 0 || f == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "atomnet_table_conv", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* cf = coef.data_ptr<scalar_t>();
+    const scalar_t* rp = r.data_ptr<scalar_t>();
+    const scalar_t* cp = scale_data<scalar_t>(c, h);
+    const int64_t* ip = pi.data_ptr<int64_t>();
+    const int64_t* jp = pj.data_ptr<int64_t>();
+    const scalar_t ih = static_cast<scalar_t>(inv_h);
+    accumulate_rows<scalar_t>(out, h, [&](scalar_t* target, int64_t q0, int64_t q1) {
+      table_conv_block(xp, cf, ih, n_seg, rp, cp, ip, jp, target, f, h, n_pairs, q0, q1);
+    });
+  });
+  return out;
+}
+
+// The gradients of out = table_conv(x, r, c) with respect to r and c for an upstream gradient g, in one pass:
+// G_q = sum over p with p mod h = q of g[i_p] * x[j_p]; grad_r[q] = c[q] sum_k G_qk dW_qk/dr;
+// grad_c[q] = sum_k G_qk W_qk.
+std::vector<torch::Tensor> table_grads(torch::Tensor g, torch::Tensor x, torch::Tensor coef, double inv_h,
+                                       torch::Tensor r, torch::Tensor c, torch::Tensor pi, torch::Tensor pj) {
+  g = g.contiguous(); x = x.contiguous(); coef = coef.contiguous(); r = r.contiguous(); c = c.contiguous();
+  pi = pi.contiguous(); pj = pj.contiguous();
+  const int64_t f = x.size(1), h = r.size(0), n_pairs = pi.numel(), n_seg = coef.size(0);
+  check_table(coef, r, x, f);
+  check(g, x, pi, pj, h);
+  TORCH_CHECK(c.numel() == h && c.scalar_type() == x.scalar_type(), "fused cfconv: scale of shape (h,)");
+  auto grad_r = torch::empty({h}, x.options());
+  auto grad_c = torch::empty({h}, x.options());
+  if (h == 0) return {grad_r, grad_c};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "atomnet_table_grads", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* cf = coef.data_ptr<scalar_t>();
+    const scalar_t* rp = r.data_ptr<scalar_t>();
+    const scalar_t* cp = c.data_ptr<scalar_t>();
+    const int64_t* ip = pi.data_ptr<int64_t>();
+    const int64_t* jp = pj.data_ptr<int64_t>();
+    scalar_t* orr = grad_r.data_ptr<scalar_t>();
+    scalar_t* occ = grad_c.data_ptr<scalar_t>();
+    const scalar_t ih = static_cast<scalar_t>(inv_h);
+    const bool mirrored = n_pairs == 2 * h;
+    at::parallel_for(0, h, 256, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        int64_t k;
+        scalar_t t, slope;
+        segment(rp[q], ih, n_seg, k, t, slope);
+        const scalar_t* __restrict__ co = cf + k * 4 * f;
+        const scalar_t* __restrict__ g1 = gp + ip[q] * f;
+        const scalar_t* __restrict__ x1 = xp + jp[q] * f;
+        scalar_t dot_w = 0, dot_d = 0;
+        auto accumulate = [&](auto pair_product) {
+          for (int64_t m = 0; m < f; ++m) {
+            const scalar_t gm = pair_product(m);
+            const scalar_t c1 = co[f + m], c2 = co[2 * f + m], c3 = co[3 * f + m];
+            dot_w += gm * (co[m] + t * (c1 + t * (c2 + t * c3)));
+            dot_d += gm * (c1 + t * (scalar_t(2) * c2 + scalar_t(3) * t * c3));
+          }
+        };
+        if (mirrored) {
+          const scalar_t* __restrict__ g2 = gp + ip[q + h] * f;
+          const scalar_t* __restrict__ x2 = xp + jp[q + h] * f;
+          accumulate([&](int64_t m) { return g1[m] * x1[m] + g2[m] * x2[m]; });
+        } else {
+          accumulate([&](int64_t m) { return g1[m] * x1[m]; });
+        }
+        orr[q] = cp[q] * slope * dot_d;
+        occ[q] = dot_w;
+      }
+    });
+  });
+  return {grad_r, grad_c};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("outer_grads", &outer_grads, "(c[q] * G_q, sum_k G_qk w_qk) with G_q = sum_{p mod h = q} g[i_p] * x[j_p]");
   m.def("outer_grads_backward", &outer_grads_backward, "(gw * c + gc * w, gc * G, sum_k gw * G)");
+  m.def("table_conv", &table_conv, "out[i_p] += x[j_p] * W(r[p mod h]) * c[p mod h], W from a Hermite table");
+  m.def("table_grads", &table_grads, "(c sum_k G dW/dr, sum_k G W) of table_conv");
   m.def("conv", &conv, "out[i_p] += x[j_p] * w[p mod h] * c[p mod h]");
   m.def("outer", &outer, "g_w[q] = c[q] * sum_{p mod h = q} a[i_p] * b[j_p]");
 }
