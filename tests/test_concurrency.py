@@ -56,7 +56,7 @@ def test_two_readers_while_a_third_process_converts(store, tmp_path):
     source = tmp_path / "frames.extxyz"
     ase.io.write(source, ase.io.read(XTB, index="1000:1600"))
     other = tmp_path / "other.h5"
-    argv = [sys.executable, "-m", "atomnet.cli", "data", "convert", str(source), str(other), "--energy-unit", "eV"]
+    argv = [sys.executable, "-m", "atomnet.cli", "data", "convert", str(source), str(other), "--energy-unit", "eV"]  # fmt: skip
     convert = subprocess.Popen(
         argv,
         env=ENV,
