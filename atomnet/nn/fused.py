@@ -22,6 +22,10 @@ above treat c as a constant; when c needs a gradient (forces) ∂L/∂c_q = Σ_f
 ∂L/∂W from one kernel pass, in a plain backward and in the create_graph backward of force training (there as
 :class:`_OuterGrads`, whose own backward is one more pass over the filter rows and two conv calls).
 
+With tabulated filters (:func:`atomnet.models.tabulate_filters`) ``table_conv`` / ``table_grads`` go one step
+further: the filter row W(r_q) is interpolated from the cubic Hermite table inside the kernel, where it is used,
+so neither the forward nor the backward of inference forms any (n_pairs, F) array (:class:`_TableConv`).
+
 Both are tested against the plain path and by ``torch.autograd.gradcheck`` / ``gradgradcheck`` in float64
 (``tests/test_fused_cfconv.py``). The sums run in a different order than ``index_add``, so float32 results agree
 with the plain path to round-off (≈1e-7 relative), not bit for bit.
