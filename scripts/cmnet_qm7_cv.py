@@ -4,6 +4,8 @@ Each fold k holds out the k-th of the same shuffled folds KRR uses (``kfold_indi
 test set; ``--n-val`` molecules of the rest (seeded) are the validation set of the plateau scheduler and of
 checkpoint selection, the others train ``configs/cmnet_qm7.yaml`` for ``--minutes``. Resumable: a fold with a
 ``summary.json`` is read back, a fold with only ``last.ckpt`` continues from it (same split, optimiser state).
+``--minutes`` is the fold's total training time: Lightning's timer is restored from the checkpoint, so a resumed
+fold stops when the time before and after the interruption adds up to it (resume with a larger value to go on).
 Writes ``cv.json`` and prints the mean ± std test MAE over the folds.
 
     python scripts/cmnet_qm7_cv.py --out runs/cmnet_qm7_cv --minutes 90      # 7.5 h on 2 cores
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", type=int, nargs="*", default=None, help="run only these folds")
     p.add_argument("--n-val", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=90.0, help="training time per fold")
+    p.add_argument("--minutes", type=float, default=90.0, help="training time per fold, summed over resumes")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="more config overrides")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

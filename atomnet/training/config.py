@@ -138,7 +138,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Run control. max_time in minutes (``null``: no limit); early_stopping: patience in epochs (0: off).
+    """Run control. max_time in minutes (``null``: no limit), counted over resumes (the timer is restored from the
+    checkpoint); early_stopping: patience in epochs (0: off).
 
     precision: 32 or 64. num_threads: torch CPU threads (``null``: torch's default).
     out_dir/name: the run directory is ``out_dir/name`` (``-2``, ``-3`` ... appended if it exists).
