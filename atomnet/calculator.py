@@ -25,9 +25,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from atomnet import keys, units
 from atomnet.data.batch import AtomsBatch
-from atomnet.errors import AtomNetError, ModelInputError
+from atomnet.errors import AtomNetError, ConfigError, ModelInputError
 from atomnet.models.base import AtomisticModel
-from atomnet.models.tabulate import tabulate_filters
+from atomnet.models.tabulate import tabulate_filters, tabulate_if_below_round_off
 from atomnet.nn.tabulated import DEFAULT_SPACING
 from atomnet.potential import Potential, energy_and_forces
 from atomnet.pretrained import load_with_meta
@@ -52,6 +52,22 @@ def _compiled(model: AtomisticModel) -> torch.nn.Module:
     return torch.compile(frozen, dynamic=True, options={"cpp.threads": 1})
 
 
+def _tabulation(
+    model: AtomisticModel, tabulate: bool | float | str, compiled: bool
+) -> tuple[AtomisticModel, str]:
+    """The model a calculator evaluates for its ``tabulate`` option, and why (one line)."""
+    if isinstance(tabulate, str):
+        if tabulate != "auto":
+            raise ConfigError(
+                f'tabulate must be "auto", True, False or a grid spacing in Å, got {tabulate!r}'
+            )
+        return tabulate_if_below_round_off(model, compiled)
+    if tabulate is False or tabulate is None:
+        return model, "exact filters (tabulate=False)"
+    spacing = DEFAULT_SPACING if tabulate is True else float(tabulate)
+    return tabulate_filters(model, spacing), f"tabulated filters, {spacing:.4g} Å grid (tabulate={tabulate})"
+
+
 class AtomNetCalculator(Calculator):
     """ASE calculator around one atomnet :class:`Potential` or an ensemble of them.
 
@@ -70,14 +86,16 @@ class AtomNetCalculator(Calculator):
             round-off. The compiled models are copies: later changes to the potentials' weights do not
             reach them.
         tabulate: evaluate copies of the models whose filters of the distance (SchNet's filter networks,
-            DTNN's distance factors) are cubic Hermite tables (``True``: 0.005 Å grid; a float: that grid
-            spacing in Å; :func:`atomnet.models.tabulate_filters`; a
-            one-off ~2 s per model). Removes the filter networks' matrix products from every step, the
-            dominant cost for large systems; pays off fully with ``compile=True`` (1,029-atom water box:
-            9.4 vs 4.0 steps/s compiled, 3.8 vs 2.8 eager; ``scripts/bench_md.py``). Forces move by less
-            than float32 round-off (trained ethanol SchNet: 1.0e-6 vs 3.7e-6 eV/Å;
-            ``scripts/tabulation_error.py``); energy and forces stay consistent (F = −∇E). Not worth it for
-            DTNN, whose one-layer distance factor is cheaper than the look-up (box: 0.70× eager).
+            DTNN's distance factors) are cubic Hermite tables (:func:`atomnet.models.tabulate_filters`, a
+            one-off ~1 s per model). ``"auto"`` (default): where that is faster and its error is below the
+            exact model's own round-off (:func:`atomnet.models.tabulate.tabulate_if_below_round_off`:
+            SchNet-type filters, float32, the fused table kernel on CPU or ``compile=True``, every table's
+            error of W and dW/dr at most the float32 round-off of the exact filter); :attr:`tabulation`
+            says what was chosen and why. ``True``: always (0.005 Å grid); a float: always, on that grid
+            spacing in Å; ``False``: never. Removes the filter networks' matrix products from every step
+            (``scripts/bench_md.py`` measures it); energy and forces stay consistent (F = −∇E of the
+            tabulated energy). Forces move by less than float32 round-off (trained ethanol SchNet: 1.0e-6
+            vs 3.7e-6 eV/Å; ``scripts/tabulation_error.py``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
@@ -92,7 +110,7 @@ class AtomNetCalculator(Calculator):
         skin: float = 0.5,
         elements: Sequence[int] | None = None,
         compile: bool = False,
-        tabulate: bool | float = False,
+        tabulate: bool | float | str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,11 +134,15 @@ class AtomNetCalculator(Calculator):
         self.skin = self.pairs.skin
         self.n_evaluations = 0  #: model evaluations (calls of calculate), for tests and benchmarks
         self.compiled = bool(compile)  #: whether evaluations use torch.compile'd models
-        self.tabulated = tabulate is not False and tabulate is not None  #: evaluations use tabulated filters
-        spacing = DEFAULT_SPACING if tabulate is True else tabulate
-        self._eager_models = [
-            tabulate_filters(p.model, spacing) if self.tabulated else p.model for p in self.potentials
-        ]
+        self._eager_models, self.tabulation = [], []  #: per member: why its filters are (not) tabulated
+        for p in self.potentials:
+            model, reason = _tabulation(p.model, tabulate, bool(compile))
+            self._eager_models.append(model)
+            self.tabulation.append(reason)
+        #: whether evaluations use tabulated filters (every member's)
+        self.tabulated = all(
+            m is not p.model for m, p in zip(self._eager_models, self.potentials, strict=True)
+        )
         self._models = [_compiled(m) for m in self._eager_models] if compile else self._eager_models
 
     @property

@@ -452,8 +452,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,  # the flag alone: the calculator's default spacing
         default=None,
         metavar="SPACING",
-        help="tabulated filters of the distance (grid SPACING in Å, default 0.005): much faster steps for "
-        "large systems, forces within float32 round-off of the exact model; best with --compile",
+        help="always tabulate the filters of the distance (grid SPACING in Å, default 0.005); by default "
+        "they are tabulated where that is faster and below the exact model's float32 round-off",
+    )
+    parser.add_argument(
+        "--exact-filters",
+        action="store_true",
+        help="never tabulate the filters (evaluate the filter networks at every step)",
     )
     parser.add_argument(
         "--restart",
@@ -476,13 +481,14 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {
         "skin": args.skin,
         "compile": args.compile,
-        "tabulate": False if args.tabulate is None else args.tabulate,
+        "tabulate": False if args.exact_filters else "auto" if args.tabulate is None else args.tabulate,
     }
     if args.energy_unit:
         kwargs["energy_unit"] = args.energy_unit
     calc = AtomNetCalculator.from_checkpoint(
         args.model, device=args.device, dtype=getattr(torch, args.dtype), **kwargs
     )
+    print(f"model: {'; '.join(sorted(set(calc.tabulation)))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_md(

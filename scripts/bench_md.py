@@ -8,8 +8,9 @@ Maxwell–Boltzmann velocities (300 K); nothing attached to the integrator. Each
 ``--repeats`` times, interleaved, after warm-up steps; the best run is reported.
 
 atomnet is measured eagerly and with ``compile=True`` (torch.compile; the compilation happens in the warm-up
-steps and is not timed), each with the exact filter networks and with ``tabulate=True`` (cubic Hermite
-tables of the filters; the script prints their force error next to float32 round-off). schnetpack is
+steps and is not timed), each with the exact filter networks (``tabulate=False``) and with ``tabulate=True``
+(cubic Hermite tables of the filters; the script prints their force error next to float32 round-off). The
+calculator's default, ``tabulate="auto"``, is one of the two; the script prints which. schnetpack is
 measured with ASENeighborList (its default) and with SkinNeighborList(MatScipyNeighborList) using the same
 skin as atomnet. ``--model dtnn`` measures atomnet's DTNN alone; ``--png`` draws the table. schnetpack 2.1.1 conflicts with
 torch 2.13 in pip's resolver; ``scripts/setup_bench_env.sh`` builds a virtual environment with both (and
@@ -265,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.model} {HPARAMS if args.model == 'schnet' else DTNN_HPARAMS}, float32, "
         f"{platform.machine()} ({os.cpu_count()} CPUs)"
     )
+    torch.manual_seed(0)
+    default = AtomNetCalculator(
+        Potential(SchNet(**HPARAMS) if args.model == "schnet" else DTNN(**DTNN_HPARAMS))
+    )
+    column = "atomnet tabulated" if default.tabulated else "atomnet"
+    print(f"default AtomNetCalculator (tabulate='auto'): {default.tabulation[0]} -> the {column!r} column")
     table: dict[tuple[str, str], float] = {}
     for system, (atoms, steps) in systems.items():
         calcs = {name: make() for name, make in configs()}

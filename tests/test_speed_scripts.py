@@ -46,6 +46,7 @@ def test_bench_md_runs_without_schnetpack(capsys, tmp_path):
     out = capsys.readouterr().out
     rows = table_rows(out)
     assert "tabulated float32" in out and "atomnet tabulated / atomnet" in out
+    assert "default AtomNetCalculator (tabulate='auto'): exact filters: not SchNet filter networks" in out
     for system in ("C7H12O2 (21 atoms)", "water box (1029 atoms, PBC)"):
         rates = [float(x) for x in rows[system][:2]]
         assert all(rate > 0 for rate in rates) and rows[system][2].endswith("x")
