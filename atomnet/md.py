@@ -488,7 +488,6 @@ def run(args: argparse.Namespace) -> int:
     calc = AtomNetCalculator.from_checkpoint(
         args.model, device=args.device, dtype=getattr(torch, args.dtype), **kwargs
     )
-    print(f"model: {'; '.join(sorted(set(calc.tabulation)))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_md(
@@ -517,4 +516,5 @@ def run(args: argparse.Namespace) -> int:
     if args.ensemble == "nve":
         line += f", energy drift {result.drift:.3e} eV/atom/ps"
     print(f"{line}; wrote {', '.join(str(p) for p in result.files.values())}")
+    print(f"model: {'; '.join(sorted(set(calc.tabulation)))}")
     return 0

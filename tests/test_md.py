@@ -143,10 +143,13 @@ def test_cli_md(tmp_path, capsys, shared_data):
     out = tmp_path / "md"
     argv = ["md", str(model_path), str(structure), "--steps", "20", "--out", str(out), "--no-progress"]
     assert main(argv + ["--ensemble", "langevin", "--temperature", "300", "--timestep", "0.5"]) == 0
-    assert "steps/s" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "steps/s" in out_text and "model: tabulated filters, " in out_text  # float32 SchNet: tables
     for name in ("md.extxyz", "md.log", "md.png"):
         assert (out / name).stat().st_size > 0
     assert read_log(out / "md.log").shape == (21, 5)
+    assert main([*argv, "--exact-filters", "--steps", "2"]) == 0
+    assert "model: exact filters (tabulate=False)" in capsys.readouterr().out
     for tabulate in (["--tabulate"], ["--tabulate", "0.01"]):  # tabulated filters, default and given grid
         assert main([*argv, "--ensemble", "nve", *tabulate, "--steps", "5"]) == 0
         assert "steps/s" in capsys.readouterr().out and read_log(out / "md.log").shape == (6, 5)
