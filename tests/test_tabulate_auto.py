@@ -15,7 +15,7 @@ from ase.build import molecule
 
 from atomnet.calculator import AtomNetCalculator
 from atomnet.errors import ConfigError
-from atomnet.models import DTNN, SchNet
+from atomnet.models import DTNN, CMNet, SchNet
 from atomnet.models import tabulate as tabulate_module
 from atomnet.models.tabulate import round_off_ratio, tabulate_filters, tabulate_if_below_round_off
 from atomnet.nn import fused
@@ -106,6 +106,8 @@ def test_auto_keeps_exact_filters_where_tables_do_not_pay_or_are_not_exact_enoug
     dtnn = DTNN(n_atom_basis=16, n_factors=16, n_interactions=2, cutoff=5.0)
     model, reason = tabulate_if_below_round_off(dtnn)
     assert model is dtnn and "not SchNet filter networks" in reason
+    cmnet = CMNet(max_atoms=9)
+    assert tabulate_if_below_round_off(cmnet) == (cmnet, "no filters of the distance to tabulate")
     model64 = schnet().double()
     assert tabulate_if_below_round_off(model64)[0] is model64
     assert not AtomNetCalculator(Potential(schnet()), dtype=torch.float64).tabulated

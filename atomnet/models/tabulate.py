@@ -108,7 +108,9 @@ def tabulate_if_below_round_off(
     :data:`FINEST_SPACING`.
     """
     names = model.distance_filters()
-    if not names or not all(type(model.get_submodule(n)) is FilterNetwork for n in names):
+    if not names or not isinstance(getattr(model, "rbf", None), nn.Module):
+        return model, "no filters of the distance to tabulate"
+    if not all(type(model.get_submodule(n)) is FilterNetwork for n in names):
         return model, "exact filters: not SchNet filter networks (a table look-up is slower than DTNN's)"
     weight = next(model.parameters())
     if weight.dtype == torch.float64:
