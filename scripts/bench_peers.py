@@ -622,9 +622,24 @@ def side_report(command: list[str], args) -> dict:
         return json.loads(Path(path).read_text())
 
 
+def peak_rss(result: dict) -> float | None:
+    """Peak RSS of a worker process (MiB): interpreter, imports, data and the work together."""
+    return result.get("peak_rss_mib")
+
+
+def added_rss(result: dict) -> float | None:
+    """What the timed work adds to the process (MiB): peak RSS minus the RSS just before the first timed step
+    (imports, molecules, prebuilt batches and the optimizer already in place), i.e. the memory the model's
+    forward and backward passes need."""
+    if "peak_rss_mib" not in result or "rss_before_mib" not in result:
+        return None
+    return result["peak_rss_mib"] - result["rss_before_mib"]
+
+
 def ratios(results: dict) -> dict:
-    """For each case and row: atomnet / best peer throughput, and atomnet / smallest peer peak RSS; for the
-    inference cases also atomnet with tabulated filters / best peer (keys prefixed ``tabulated_``)."""
+    """For each case and row: atomnet / best peer throughput, and atomnet / smallest peer peak RSS and added RSS
+    (:func:`added_rss`); for the inference cases also atomnet with tabulated filters / best peer (keys prefixed
+    ``tabulated_``) and compiled (``compiled_``)."""
     out = {}
     for case, by_package in results.items():
         peers = {p: r for p, r in by_package.items() if not p.startswith("atomnet") and "error" not in r}
@@ -636,10 +651,11 @@ def ratios(results: dict) -> dict:
                 if row in mine and speeds:
                     best = max(speeds, key=speeds.get)
                     entry[prefix + row] = dict(ratio=mine[row] / speeds[best], best_peer=best)
-            rss = {p: r["peak_rss_mib"] for p, r in peers.items()}
-            if "peak_rss_mib" in mine and rss:
-                low = min(rss, key=rss.get)
-                entry[prefix + "peak_rss"] = dict(ratio=mine["peak_rss_mib"] / rss[low], best_peer=low)
+            for row, memory in (("peak_rss", peak_rss), ("added_rss", added_rss)):
+                rss = {p: memory(r) for p, r in peers.items() if memory(r) is not None}
+                if memory(mine) is not None and rss:
+                    low = min(rss, key=rss.get)
+                    entry[prefix + row] = dict(ratio=memory(mine) / rss[low], best_peer=low)
         out[case] = entry
     return out
 
@@ -681,7 +697,8 @@ def markdown(report: dict) -> str:
         f"median of {report['repeats']} passes after warm-up. Versions: "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
-        f"Command: `{report['command']}`",
+        f"Command: `{report['command']}`"
+        + (f" (this report rewritten by `{report['rendered']}`)" if "rendered" in report else ""),
         "",
         "| case | row | atomnet | atomnet tabulated | atomnet compiled | PyG | schnetpack | atomnet / best peer "
         "| tabulated / best peer | compiled / best peer |",
@@ -699,15 +716,17 @@ def markdown(report: dict) -> str:
                 + _ratio_cells(report["ratios"][case], row)
                 + " |"
             )
-        cells = [
-            f"{by_package[p]['peak_rss_mib']:,.0f}" if "peak_rss_mib" in by_package.get(p, {}) else "—"
-            for p in PACKAGES
-        ]
-        lines.append(
-            f"| {case} | peak RSS (MiB) | {' | '.join(cells)} | "
-            + _ratio_cells(report["ratios"][case], "peak_rss")
-            + " |"
-        )
+        for row, memory, name in (
+            ("peak_rss", peak_rss, "peak RSS (MiB)"),
+            ("added_rss", added_rss, "RSS added by the work (MiB)"),
+        ):
+            values = [memory(by_package.get(p, {})) for p in PACKAGES]
+            cells = ["—" if v is None else f"{v:,.0f}" for v in values]
+            lines.append(
+                f"| {case} | {name} | {' | '.join(cells)} | "
+                + _ratio_cells(report["ratios"][case], row)
+                + " |"
+            )
     load = report["results"].get("load_qm9", {})
     if "end_to_end_mol_per_s" in load.get("atomnet", {}) and "end_to_end_mol_per_s" in load.get(
         "schnetpack", {}
@@ -775,14 +794,14 @@ def plot(report: dict, path: Path) -> None:
 
     labels, values, colors = [], [], []
     for case, entry in report["ratios"].items():
-        rows = (*ROW_NAMES.items(), ("peak_rss", "peak RSS"))
+        rows = (*ROW_NAMES.items(), ("peak_rss", "peak RSS"), ("added_rss", "RSS added"))
         variants = [(f"{prefix}{r}", f"{n}{', ' + prefix.strip('_') if prefix else ''}") for r, n in rows
                     for prefix in VARIANTS.values()]  # fmt: skip
         for row, name in variants:
             if row in entry:
                 labels.append(f"{case}\n{name} vs {entry[row]['best_peer']}")
                 values.append(entry[row]["ratio"])
-                colors.append("tab:gray" if row.endswith("peak_rss") else "tab:blue")
+                colors.append("tab:gray" if row.endswith("_rss") else "tab:blue")
     fig, ax = plt.subplots(figsize=(7, 0.38 * len(labels) + 1.2))
     y = np.arange(len(labels))
     ax.barh(y, values, color=colors)
@@ -821,12 +840,20 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also every explanation method's cost (scripts/bench_explain.py)",
     )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: recompute the ratios of an earlier run's peers.json and write peers.{json,md,png}"
+        " to --out (after a change to the report's format)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "PACKAGE"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return {}
+    if args.render:
+        return render(args.render, Path(args.out))
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     packages = [p.strip() for p in args.packages.split(",") if p.strip()]
     unknown = sorted(set(cases) - set(CASES)) + sorted(set(packages) - set(PACKAGES))
@@ -869,15 +896,32 @@ def main(argv: list[str] | None = None) -> dict:
         ceiling=ceiling(results),
         **extra,
     )
-    out = Path(args.out)
+    write_report(report, Path(args.out))
+    print(markdown(report))
+    return report
+
+
+def render(source: str, out: Path) -> dict:
+    """Rewrite an earlier run's report (``source``, a peers.json) with this script's ratios and format."""
+    try:
+        report = json.loads(Path(source).read_text())
+        report["ratios"] = ratios(report["results"])
+        report["rendered"] = f"python scripts/bench_peers.py --render {source} --out {out}"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"bench_peers: {source}: not a peers.json report ({err})") from None
+    write_report(report, out)
+    print(markdown(report))
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    """peers.json, peers.md and (when there are ratios) peers.png in ``out``, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "peers.json", report)
     with atomic_output(out / "peers.md") as tmp:
         tmp.write_text(markdown(report))
     if any(report["ratios"].values()):
         plot(report, out / "peers.png")
-    print(markdown(report))
-    return report
 
 
 if __name__ == "__main__":

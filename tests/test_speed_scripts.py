@@ -131,14 +131,29 @@ def test_bench_peers_atomnet_only_report(shared_data, tmp_path):
                 "model_mol_per_s": train["model_mol_per_s"] / 2,
                 "end_to_end_mol_per_s": train["end_to_end_mol_per_s"] / 2,
                 "peak_rss_mib": 2 * train["peak_rss_mib"],
+                "rss_before_mib": 2 * train["peak_rss_mib"]
+                - 4 * (train["peak_rss_mib"] - train["rss_before_mib"]),
             },
         }
     }
     ratios = script.ratios(results)["train_energy_qm9"]
     assert ratios["model_mol_per_s"] == {"ratio": 2.0, "best_peer": "pyg"}
     assert ratios["peak_rss"]["ratio"] == 0.5
+    assert abs(ratios["added_rss"]["ratio"] - 0.25) < 1e-12  # the peer's work adds four times the memory
     script.plot({**report, "ratios": {"train_energy_qm9": ratios}}, tmp_path / "peers.png")
     assert (tmp_path / "peers.png").read_bytes().startswith(b"\x89PNG")
+
+    # --render rewrites a stored report with the ratios recomputed and measures nothing
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "peers.json").write_text(json.dumps({**report, "results": results, "ratios": {}}))
+    rendered = script.main(["--render", str(tmp_path / "old" / "peers.json"), "--out", str(tmp_path / "new")])
+    assert rendered["ratios"]["train_energy_qm9"]["peak_rss"]["ratio"] == 0.5
+    table = (tmp_path / "new" / "peers.md").read_text()
+    assert "RSS added by the work (MiB)" in table and "0.25× (pyg)" in table
+    assert (tmp_path / "new" / "peers.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="bad.json: not a peers.json report"):
+        script.main(["--render", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")])
 
 
 def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
