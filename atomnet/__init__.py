@@ -3,13 +3,12 @@
 Internal units: eV and Å (see :mod:`atomnet.keys`, :mod:`atomnet.units`).
 """
 
-import os as _os
+from atomnet.runtime import bounded_openmp_spin as _bounded_openmp_spin
 
-# OpenMP threads that busy-wait at barriers make torch 2-100x slower when cores are shared with other work
-# (measured: a SchNet training step went from 30 to 71 ms with 2 threads next to another job). Passive
-# waiting costs little on an idle machine. Takes effect when atomnet is imported before torch (the `atomnet`
-# command does); a value the user set is kept.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads spin at most ~0.1 ms before sleeping (atomnet.runtime): libgomp's default 3 ms spin makes torch
+# several times slower on cores shared with other work, sleeping at once makes small batches 1.3-1.7x slower.
+# Takes effect when atomnet is imported before torch (the `atomnet` command does); a value the user set is kept.
+_bounded_openmp_spin()
 
 __version__ = "0.1.0"
 

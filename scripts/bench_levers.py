@@ -31,7 +31,14 @@ Variants:
 - ``fused-adam``: ``torch.optim.Adam(fused=True)``, the optimiser ``atomnet train`` uses (every other variant, and
   every package in ``bench_peers.py``, steps the default foreach Adam);
 - ``compiled``: ``torch.compile(dynamic=True)`` of the energy model (energy training only: torch.compile does not
-  support the double backward of force training).
+  support the double backward of force training);
+- ``omp-passive``: ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep at once after each parallel region: atomnet
+  before :func:`atomnet.runtime.bounded_openmp_spin`);
+- ``omp-default``: GNU OpenMP's own waiting (300,000 spins, ≈ 3 ms; ``ATOMNET_OMP_WAIT=default``), what torch
+  does when atomnet is imported after it.
+
+``--busy N`` runs N busy-looping processes beside every measurement: cores shared with other work, where the
+OpenMP wait policy matters most.
 
     python scripts/bench_levers.py --threads 2 --json docs/performance/levers.json
     python scripts/bench_levers.py --variants baseline --profile        # where a step's time goes
@@ -53,7 +60,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "python-fused-cfconv",
-    "plain-cfconv", "unfolded-cutoff", "module-filter-network", "ops-scale-grads", "fused-adam", "compiled"
+    "plain-cfconv", "unfolded-cutoff", "module-filter-network", "ops-scale-grads", "fused-adam", "compiled",
+    "omp-passive", "omp-default",
 )  # fmt: skip
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -173,6 +181,7 @@ def patch_ops_scale_grads() -> None:
 
 
 def worker(variant: str, forces: bool, args) -> dict:
+    import atomnet  # noqa: F401, I001  (before torch, as the atomnet command does: its OpenMP wait setting)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -247,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=2048, help="unordered pairs per block (chunked-pairs)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--busy", type=int, default=0, help="busy-looping processes beside each measurement")
     parser.add_argument(
         "--profile", action="store_true", help="print torch.profiler's top operators per variant"
     )
@@ -255,14 +265,37 @@ def main(argv: list[str] | None = None) -> dict:
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1] == "forces", args)))
         return {}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        results = measure(variants, args)
+    finally:
+        for proc in busy:
+            proc.kill()
+    report(results)
+    if args.json:
+        from atomnet.baselines.commands import write_json
+
+        write_json(args.json, dict(threads=args.threads, chunk=args.chunk, busy=args.busy, results=results))
+    return results
+
+
+def measure(variants: list[str], args) -> dict:
+    """``{variant: {task: result}}``, each (variant, task) measured in its own worker process."""
     results: dict[str, dict] = {}
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        if variant not in VARIANTS:
-            parser.error(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    for variant in variants:
         if variant == "tcmalloc" and not TCMALLOC.exists():
             print(f"tcmalloc: skipped ({TCMALLOC} not installed)")
             continue
-        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        drop = ("LD_PRELOAD", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "ATOMNET_OMP_WAIT")
+        env = {k: v for k, v in os.environ.items() if k not in drop}
+        if variant == "omp-passive":
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        if variant == "omp-default":
+            env["ATOMNET_OMP_WAIT"] = "default"
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         if variant == "glibc-default":
             env["ATOMNET_MALLOC"] = "default"
@@ -287,6 +320,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{variant:16s} {task:7s} "
                 + (r["error"] if "error" in r else f"{r['ms_per_step']:.1f} ms/step")
             )
+    return results
+
+
+def report(results: dict) -> None:
+    """The Markdown table of ms per step, each variant against ``baseline``."""
     base = results.get("baseline", {})
     print(
         "\n| variant | energy training (ms/step, QM9) | energy + forces (ms/step, C7H12O2) | peak RSS, forces (MiB) |"
@@ -303,11 +341,6 @@ def main(argv: list[str] | None = None) -> dict:
             cells.append(f"{r['ms_per_step']:.1f}" + (f" ({ref / r['ms_per_step']:.2f}×)" if ref else ""))
         peak = tasks.get("forces", {}).get("peak_rss_mib")
         print(f"| {variant} | {cells[0]} | {cells[1]} | {f'{peak:,.0f}' if peak else '—'} |")
-    if args.json:
-        from atomnet.baselines.commands import write_json
-
-        write_json(args.json, dict(threads=args.threads, chunk=args.chunk, results=results))
-    return results
 
 
 if __name__ == "__main__":

@@ -51,3 +51,37 @@ def test_preloaded_allocator_is_left_alone(monkeypatch):
     monkeypatch.setattr(runtime, "_state", {})
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc_minimal.so.4")
     assert runtime.tune_allocator() is False
+
+
+def test_openmp_spin_is_bounded_unless_the_user_chose_a_wait_policy():
+    """``import atomnet`` sets ``GOMP_SPINCOUNT`` (a bounded spin) only where the user set no OpenMP wait policy."""
+    from atomnet.runtime import OPENMP_SPIN_COUNT, bounded_openmp_spin
+
+    env: dict[str, str] = {}
+    assert bounded_openmp_spin(env) and env == {"GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)}
+    for chosen in (
+        {"OMP_WAIT_POLICY": "PASSIVE"},
+        {"GOMP_SPINCOUNT": "300000"},
+        {"ATOMNET_OMP_WAIT": "default"},
+    ):
+        env = dict(chosen)
+        assert not bounded_openmp_spin(env) and env == chosen
+
+
+def test_import_atomnet_sets_the_spin_before_torch_starts_openmp():
+    """In a fresh interpreter ``import atomnet`` sets the variable, and libgomp (torch's OpenMP) accepts it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "ATOMNET_OMP_WAIT")
+    }
+    code = "import os, atomnet, torch; torch.ones(4096, 64).sum(); print(os.environ.get('GOMP_SPINCOUNT'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["10000"] and "GOMP_SPINCOUNT" not in done.stderr
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["None"]
