@@ -6,7 +6,7 @@ Internal units: eV and Å (see :mod:`atomnet.keys`, :mod:`atomnet.units`).
 from atomnet.runtime import bounded_openmp_spin as _bounded_openmp_spin
 
 # OpenMP threads spin at most ~0.1 ms before sleeping (atomnet.runtime): libgomp's default 3 ms spin makes torch
-# several times slower on cores shared with other work, sleeping at once makes small batches 1.3-1.7x slower.
+# several times slower on cores shared with other work, sleeping at once makes training 1.2-1.3x slower.
 # Takes effect when atomnet is imported before torch (the `atomnet` command does); a value the user set is kept.
 _bounded_openmp_spin()
 

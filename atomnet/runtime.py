@@ -19,10 +19,11 @@ OpenMP threads (torch's CPU wheel uses GNU OpenMP) wait for the next parallel re
 libgomp's default they spin 300,000 times (≈ 3 ms) first, which is fastest on idle cores but makes torch several
 times slower when the cores are shared with another job. :func:`bounded_openmp_spin` (called by
 ``import atomnet``, so it takes effect when atomnet is imported before torch) sets ``GOMP_SPINCOUNT=10000``
-(≈ 0.1 ms) unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``. Measured on 2 cores, 2 threads, batches
-of 100 molecules (``python scripts/bench_levers.py --variants baseline,omp-passive,omp-default`` with and without
-``--busy 1``, ``docs/performance.md``): on idle cores as fast as libgomp's default and 1.3-1.7x faster than
-PASSIVE; next to one busy process about 3.7x faster than libgomp's default, and about 0.75x PASSIVE.
+(≈ 0.1 ms) unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (``ATOMNET_OMP_WAIT=default`` opts out).
+Measured on 2 cores, 2 threads, batches of 100 molecules (``python scripts/bench_levers.py --variants
+baseline,omp-passive,omp-default``, then with ``--busy 1``; ``docs/performance.md``): on idle cores within 3 % of
+libgomp's default and 1.2-1.3x faster than PASSIVE in training (1.7x in inference with forces on 9-atom
+molecules); next to one busy process 2.2-2.5x faster than libgomp's default and 0.71-0.83x PASSIVE.
 """
 
 from __future__ import annotations

@@ -181,7 +181,9 @@ def patch_ops_scale_grads() -> None:
 
 
 def worker(variant: str, forces: bool, args) -> dict:
-    import atomnet  # noqa: F401, I001  (before torch, as the atomnet command does: its OpenMP wait setting)
+    import atomnet  # noqa: F401  (before torch, as the atomnet command does: its OpenMP wait setting)
+
+    # isort: split
     import torch
 
     torch.set_num_threads(args.threads)

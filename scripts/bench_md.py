@@ -28,6 +28,9 @@ import sys
 import tempfile
 import time
 
+import atomnet  # noqa: F401  (before torch, as the atomnet command does: its OpenMP wait setting)
+
+# isort: split
 import numpy as np
 import torch
 from ase import Atoms, units
