@@ -15,15 +15,16 @@ the ASE calculator, MD, explanations). ``ATOMNET_MALLOC=default`` leaves glibc's
 other than glibc, or when another allocator (tcmalloc, jemalloc) is preloaded, it does nothing.
 
 OpenMP threads (torch's CPU wheel uses GNU OpenMP) wait for the next parallel region at the end of each one. With
-``OMP_WAIT_POLICY=PASSIVE`` they sleep at once and every op wakes them through the kernel (tens of µs per op); with
-libgomp's default they spin 300,000 times (≈ 3 ms) first, which is fastest on idle cores but makes torch several
+``OMP_WAIT_POLICY=PASSIVE`` they sleep at once and every parallel op wakes them through the kernel (a futex
+call); with libgomp's default they spin 300,000 times (≈ 3 ms) first, which is fastest on idle cores but makes torch several
 times slower when the cores are shared with another job. :func:`bounded_openmp_spin` (called by
 ``import atomnet``, so it takes effect when atomnet is imported before torch) sets ``GOMP_SPINCOUNT=10000``
 (≈ 0.1 ms) unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (``ATOMNET_OMP_WAIT=default`` opts out).
 Measured on 2 cores, 2 threads, batches of 100 molecules (``python scripts/bench_levers.py --variants
 baseline,omp-passive,omp-default``, then with ``--busy 1``; ``docs/performance.md``): on idle cores within 3 % of
-libgomp's default and 1.2-1.3x faster than PASSIVE in training (1.7x in inference with forces on 9-atom
-molecules); next to one busy process 2.2-2.5x faster than libgomp's default and 0.71-0.83x PASSIVE.
+libgomp's default and 1.2-1.3x faster than PASSIVE in training (ethanol inference with forces in
+``scripts/bench_peers.py``: 4,965 molecules/s before, 8,010 after, two runs of one day); next to one busy
+process 2.2-2.5x faster than libgomp's default and 0.71-0.83x PASSIVE.
 """
 
 from __future__ import annotations
