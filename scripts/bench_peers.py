@@ -636,6 +636,13 @@ def added_rss(result: dict) -> float | None:
     return result["peak_rss_mib"] - result["rss_before_mib"]
 
 
+#: the memory rows of the report: ratio key -> (value of a worker's result in MiB, table label, figure label)
+MEMORY_ROWS = {
+    "peak_rss": (peak_rss, "peak RSS (MiB)", "peak RSS"),
+    "added_rss": (added_rss, "RSS added by the work (MiB)", "RSS added"),
+}
+
+
 def ratios(results: dict) -> dict:
     """For each case and row: atomnet / best peer throughput, and atomnet / smallest peer peak RSS and added RSS
     (:func:`added_rss`); for the inference cases also atomnet with tabulated filters / best peer (keys prefixed
@@ -651,7 +658,7 @@ def ratios(results: dict) -> dict:
                 if row in mine and speeds:
                     best = max(speeds, key=speeds.get)
                     entry[prefix + row] = dict(ratio=mine[row] / speeds[best], best_peer=best)
-            for row, memory in (("peak_rss", peak_rss), ("added_rss", added_rss)):
+            for row, (memory, _, _) in MEMORY_ROWS.items():
                 rss = {p: memory(r) for p, r in peers.items() if memory(r) is not None}
                 if memory(mine) is not None and rss:
                     low = min(rss, key=rss.get)
@@ -716,10 +723,7 @@ def markdown(report: dict) -> str:
                 + _ratio_cells(report["ratios"][case], row)
                 + " |"
             )
-        for row, memory, name in (
-            ("peak_rss", peak_rss, "peak RSS (MiB)"),
-            ("added_rss", added_rss, "RSS added by the work (MiB)"),
-        ):
+        for row, (memory, name, _) in MEMORY_ROWS.items():
             values = [memory(by_package.get(p, {})) for p in PACKAGES]
             cells = ["—" if v is None else f"{v:,.0f}" for v in values]
             lines.append(
@@ -794,7 +798,7 @@ def plot(report: dict, path: Path) -> None:
 
     labels, values, colors = [], [], []
     for case, entry in report["ratios"].items():
-        rows = (*ROW_NAMES.items(), ("peak_rss", "peak RSS"), ("added_rss", "RSS added"))
+        rows = (*ROW_NAMES.items(), *((row, label) for row, (_, _, label) in MEMORY_ROWS.items()))
         variants = [(f"{prefix}{r}", f"{n}{', ' + prefix.strip('_') if prefix else ''}") for r, n in rows
                     for prefix in VARIANTS.values()]  # fmt: skip
         for row, name in variants:
@@ -896,8 +900,9 @@ def main(argv: list[str] | None = None) -> dict:
         ceiling=ceiling(results),
         **extra,
     )
-    write_report(report, Path(args.out))
-    print(markdown(report))
+    text = markdown(report)
+    write_report(report, text, Path(args.out))
+    print(text)
     return report
 
 
@@ -907,19 +912,21 @@ def render(source: str, out: Path) -> dict:
         report = json.loads(Path(source).read_text())
         report["ratios"] = ratios(report["results"])
         report["rendered"] = f"python scripts/bench_peers.py --render {source} --out {out}"
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SystemExit(f"bench_peers: {source}: not a peers.json report ({err})") from None
-    write_report(report, out)
-    print(markdown(report))
+        text = markdown(report)  # before anything is written: a broken report leaves no partial output
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SystemExit(f"bench_peers: {source}: not a peers.json report ({err!r})") from None
+    write_report(report, text, out)
+    print(text)
     return report
 
 
-def write_report(report: dict, out: Path) -> None:
-    """peers.json, peers.md and (when there are ratios) peers.png in ``out``, each written atomically."""
+def write_report(report: dict, text: str, out: Path) -> None:
+    """peers.json, peers.md (``text``, :func:`markdown` of ``report``) and, when there are ratios, peers.png in
+    ``out``, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "peers.json", report)
     with atomic_output(out / "peers.md") as tmp:
-        tmp.write_text(markdown(report))
+        tmp.write_text(text)
     if any(report["ratios"].values()):
         plot(report, out / "peers.png")
 

@@ -154,6 +154,10 @@ def test_bench_peers_atomnet_only_report(shared_data, tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(SystemExit, match="bad.json: not a peers.json report"):
         script.main(["--render", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")])
+    (tmp_path / "partial.json").write_text(json.dumps({"results": results}))  # no date, cpu, versions ...
+    with pytest.raises(SystemExit, match="partial.json: not a peers.json report"):
+        script.main(["--render", str(tmp_path / "partial.json"), "--out", str(tmp_path / "y")])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # nothing half-written
 
 
 def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
