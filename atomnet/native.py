@@ -1,7 +1,8 @@
 """atomnet's compiled CPU kernels: each C++ source is built once per machine and loaded on first use.
 
 A :class:`NativeExtension` names one source file (``atomnet/nn/kernels/cfconv.cpp`` for the fused cfconv,
-``atomnet/baselines/kernels/l1.cpp`` for KRR's L1 distances). It is compiled with ``torch.utils.cpp_extension``
+``atomnet/nn/kernels/filter_conv.cpp`` for SchNet's filter network fused with it, ``atomnet/baselines/kernels/l1.cpp``
+for KRR's L1 distances). It is compiled with ``torch.utils.cpp_extension``
 (g++ ``-O3 -march=native -fopenmp`` and ninja, 30–60 s) into ``$ATOMNET_KERNEL_DIR/<name>_<tag>`` (default
 ``~/.cache/atomnet/kernels``), where the tag hashes the source, torch, Python and the CPU, so a new torch or another
 CPU builds afresh. A failed build (no compiler, no headers, an unwritable folder) is recorded there as ``FAILED``;
@@ -139,8 +140,9 @@ def extensions() -> list[NativeExtension]:
     """Every compiled extension of atomnet."""
     from atomnet.baselines.krr import L1_EXTENSION
     from atomnet.nn.fused import EXTENSION
+    from atomnet.nn.fused_filter import EXTENSION as FILTER_EXTENSION
 
-    return [EXTENSION, L1_EXTENSION]
+    return [EXTENSION, FILTER_EXTENSION, L1_EXTENSION]
 
 
 if __name__ == "__main__":  # python -m atomnet.native: build every extension ahead (setup.sh, CI)

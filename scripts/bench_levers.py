@@ -8,7 +8,9 @@ training step over ``--repeats`` passes of 5 batches after 2 warm-up passes.
 Variants:
 
 - ``baseline``: atomnet as shipped (glibc malloc tuned by ``atomnet.runtime.tune_allocator``, the C++ fused cfconv
-  kernels of ``atomnet.nn.fused``);
+  kernels of ``atomnet.nn.fused`` and, for energy training, the fused filter network of ``atomnet.nn.fused_filter``);
+- ``unfused-filter-network``: energy training with the filter network as torch ops before the cfconv kernel
+  (atomnet before ``atomnet.nn.fused_filter``; force training is unchanged);
 - ``plain-cfconv``: ``ATOMNET_FUSED=0``, the cfconv as three module calls (gather, product, ``index_add``): atomnet
   before the C++ kernels;
 - ``glibc-default``: ``ATOMNET_MALLOC=default`` (glibc's own mmap/trim thresholds);
@@ -24,7 +26,8 @@ Variants:
 - ``unfolded-cutoff``: the filters W ∘ f_c formed as an (pairs × F) array before the fused kernel (atomnet before
   the cutoff was folded into the kernel as a per-row scale; affects energy training only);
 - ``module-filter-network``: the filter networks run layer by layer as their ``nn.Sequential`` with torch's
-  softplus and a separate ``− ln 2`` (atomnet before ``FilterNetwork.raw``'s short route);
+  softplus and a separate ``− ln 2`` (atomnet before ``FilterNetwork.raw``'s short route, and without the fused
+  filter network);
 - ``ops-scale-grads``: force training's create_graph backward of the cfconv with the cutoff folded in as
   differentiable torch ops (W ∘ f_c, G ∘ f_c and Σ_f G ∘ W, each differentiated again by autograd: atomnet before
   ``atomnet.nn.fused._OuterGrads``, whose backward is one kernel pass);
@@ -61,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     "baseline", "glibc-default", "tcmalloc", "chunked-pairs", "one-first-layer", "python-fused-cfconv",
     "plain-cfconv", "unfolded-cutoff", "module-filter-network", "ops-scale-grads", "fused-adam", "compiled",
-    "omp-passive", "omp-default",
+    "omp-passive", "omp-default", "unfused-filter-network",
 )  # fmt: skip
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -158,6 +161,14 @@ def patch_module_filter_network() -> None:
 
     cfconv.FilterNetwork.raw = lambda self, rbf: self.net(rbf)
     activations.ShiftedSoftplus.forward = lambda self, x: F.softplus(x).sub_(activations.LN2)
+    patch_unfused_filter_network()
+
+
+def patch_unfused_filter_network() -> None:
+    """The filter network as torch ops (``FilterNetwork.raw``) before the cfconv kernel, also in energy training."""
+    from atomnet.nn import fused_filter
+
+    fused_filter.usable = lambda *args: False
 
 
 def patch_ops_scale_grads() -> None:
@@ -200,6 +211,8 @@ def worker(variant: str, forces: bool, args) -> dict:
         patch_module_filter_network()
     if variant == "ops-scale-grads":
         patch_ops_scale_grads()
+    if variant == "unfused-filter-network":
+        patch_unfused_filter_network()
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_peers
 

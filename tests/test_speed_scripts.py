@@ -166,7 +166,7 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
     import torch
 
     from atomnet.models import schnet
-    from atomnet.nn import activations, cfconv, fused
+    from atomnet.nn import activations, cfconv, fused, fused_filter
 
     script = load_script("bench_levers")
     peers = load_script("bench_peers")
@@ -181,6 +181,7 @@ def test_bench_levers_variants_compute_the_same_model(shared_data, monkeypatch):
         monkeypatch.setattr(cls, name, fn)  # restored after the test
     monkeypatch.setattr(schnet, "filter_and_convolve", schnet.filter_and_convolve)
     monkeypatch.setattr(fused, "_scale_backward", fused._scale_backward)
+    monkeypatch.setattr(fused_filter, "usable", fused_filter.usable)
 
     torch.manual_seed(0)
     adapter = peers.AtomnetAdapter()

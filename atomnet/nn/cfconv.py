@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules import module as torch_module
 
-from atomnet.nn import fused
+from atomnet.nn import fused, fused_filter
 from atomnet.nn.activations import LN2, ShiftedSoftplus, softplus
 from atomnet.nn.ops import FilterProduct, GatherNeighbors, NeighborSum
 from atomnet.nn.tabulated import TabulatedFilter
@@ -38,19 +38,28 @@ class FilterNetwork(nn.Module):
         where the basis needs no gradient (energy training, energies only) the first layer's bias rides in its
         matrix product as a column of ones (timings: ``docs/performance.md``, "Levers measured").
         """
-        layers = tuple(self.net)
-        if [type(m) for m in layers] != [nn.Linear, ShiftedSoftplus, nn.Linear] or _hooked(self.net, *layers):
+        layers = self.plain_layers()
+        if layers is None:
             return self.net(rbf)
-        first, _, second = layers
-        if first.bias is None or second.bias is None:
-            return self.net(rbf)
+        (w1, b1), (w2, b2) = layers
         # forces need the basis's gradient, of which a padded copy would cost one more slice
         if rbf.requires_grad:
-            hidden = softplus(F.linear(rbf, first.weight, first.bias))
+            hidden = softplus(F.linear(rbf, w1, b1))
         else:  # [e_ij, 1] @ [W₁ b₁]ᵀ: no broadcast copy of b₁ before the product, b₁'s gradient inside it
-            weight = torch.cat([first.weight, first.bias[:, None]], 1)
-            hidden = softplus(F.linear(F.pad(rbf, (0, 1), value=1.0), weight))
-        return F.linear(hidden, second.weight, second.bias - LN2 * second.weight.sum(1))
+            hidden = softplus(F.linear(F.pad(rbf, (0, 1), value=1.0), torch.cat([w1, b1[:, None]], 1)))
+        return F.linear(hidden, w2, b2)
+
+    def plain_layers(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """((W₁, b₁), (W₂, b₂')) with W(e) = softplus(e W₁ᵀ + b₁) W₂ᵀ + b₂', the shift of ssp folded into
+        b₂' = b₂ − ln 2 · Σ_k W₂[:, k] (differentiable in b₂ and W₂); ``None`` when the network is not the plain
+        Linear → ShiftedSoftplus → Linear with biases, or a hook watches it or its layers."""
+        layers = tuple(self.net)
+        if [type(m) for m in layers] != [nn.Linear, ShiftedSoftplus, nn.Linear] or _hooked(self, self.net, *layers):
+            return None
+        first, _, second = layers
+        if first.bias is None or second.bias is None:
+            return None
+        return (first.weight, first.bias), (second.weight, second.bias - LN2 * second.weight.sum(1))
 
 
 class CFConv(nn.Module):
@@ -120,6 +129,10 @@ def filter_and_convolve(
     scales each filter row by f_c(r_ij) as it reads it, so the (h, F) array W ∘ f_c is never formed (nor, in
     energy training, its backward; with forces ∂L/∂f_c comes out of the kernel's filter-gradient pass).
 
+    Where the basis and the cutoff need no gradient (energy training, energy-only inference) the filter network
+    runs inside the kernel too, per block of filter rows (:mod:`atomnet.nn.fused_filter`): its hidden layer and
+    the filters never reach memory as (h, F) arrays.
+
     A :class:`~atomnet.nn.tabulated.TabulatedFilter` (fed the distances r by a tabulated copy of the model) goes
     into the kernel as its table: each filter row is interpolated where the kernel needs it, forward and
     backward, so no (n_pairs, F) array is formed at all (:func:`atomnet.nn.fused.fused_table_cfconv`)."""
@@ -129,11 +142,32 @@ def filter_and_convolve(
         table = filter_network.coefficients
         return fused.fused_table_cfconv(x, table, filter_network.spacing, rbf, fcut, pair_i, pair_j)
     if type(filter_network) is FilterNetwork and not _hooked(filter_network):
+        layers = filter_network.plain_layers()
+        if layers is not None and _filter_fusable(cfconv, x, rbf, fcut, pair_i, layers):
+            return fused_filter.fused_filter_cfconv(x, rbf, *layers, fcut, pair_i, pair_j)
         raw = filter_network.raw(rbf)
         if fcut.shape == raw.shape[:1] and cfconv._fusable(x, raw, pair_i):
             return fused.fused_cfconv(x, raw, pair_i, pair_j, scale=fcut.to(raw.dtype))
         return cfconv(x, raw * fcut[:, None], pair_i, pair_j)
     return cfconv(x, filter_network(rbf, fcut), pair_i, pair_j)
+
+
+def _filter_fusable(
+    cfconv: CFConv,
+    x: torch.Tensor,
+    rbf: torch.Tensor,
+    fcut: torch.Tensor,
+    pair_i: torch.Tensor,
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> bool:
+    """Whether :func:`atomnet.nn.fused_filter.fused_filter_cfconv` computes this cfconv: the parts of ``cfconv``
+    unhooked, filters as wide as x, one or two pairs per filter row, and a basis and cutoff without gradient."""
+    (w1, b1), (w2, b2) = layers
+    if _hooked(cfconv.gather, cfconv.product, cfconv.aggregate) or x.dim() != 2 or w2.shape[0] != x.shape[1]:
+        return False
+    if rbf.dim() != 2 or pair_i.shape[0] not in (rbf.shape[0], 2 * rbf.shape[0]):
+        return False
+    return fused_filter.usable(x, rbf, fcut, w1, b1, w2, b2)
 
 
 def _table_fusable(

@@ -1,0 +1,128 @@
+"""SchNet's filter network and cfconv in one CPU kernel, per block of filter rows, for energies without forces.
+
+m_i = Σ_j x_j ∘ W(e_ij) f_c(r_ij),  W(e) = softplus(e W₁ᵀ + b₁) W₂ᵀ + b₂'   (b₂' = b₂ − ln 2 · Σ_k W₂[:, k])
+
+is the cfconv of :class:`~atomnet.nn.cfconv.FilterNetwork` (Dense → ssp → Dense, the shift of ssp folded into the
+second bias) followed by :class:`~atomnet.nn.cfconv.CFConv`. The plain path (and :mod:`atomnet.nn.fused`, which
+fuses only the convolution) forms the hidden layer, its softplus and the filters as (h, F) arrays, h = one row per
+unordered pair, and the backward forms four more: about fifteen passes over arrays of h × F floats (8 MB for a
+batch of 100 QM9 molecules), bound by memory bandwidth on a CPU. ``kernels/filter_conv.cpp`` computes the same
+per block of 256 rows whose hidden layer and filters stay in the core's cache: the products per block by the
+BLAS torch links, softplus and its derivative in the same pass. The backward recomputes the hidden layer of
+each block (the first layer, K = n_rbf inputs, is the cheapest product) and reads the filters kept from the
+forward; its gradients with G_q = f_c(r_q) Σ_{p: p mod h = q} g_{i_p} ∘ x_{j_p} (upstream g (n_atoms, F)):
+
+- ∂L/∂W₂ = Gᵀ S, ∂L/∂b₂' = Σ_q G_q, with S = softplus(A), A = e W₁ᵀ + b₁;
+- ∂L/∂A = (G W₂) ∘ σ(A); ∂L/∂W₁ = (∂L/∂A)ᵀ e, ∂L/∂b₁ = Σ_q ∂L/∂A_q;
+- ∂L/∂x_j = Σ_{p: j_p = j} g_{i_p} ∘ W_{p mod h} f_c(r_{p mod h}) (the convolution with i and j swapped).
+
+The radial basis and the cutoff get no gradient, so the path is taken only where they need none: energy
+training and energy-only inference (forces need ∂/∂r, and force training a differentiable backward; those keep
+:mod:`atomnet.nn.fused`). A backward that must itself be differentiable (``create_graph``, batched gradients)
+recomputes the block with the plain torch ops and differentiates those.
+
+Agreement: float64 to round-off (≈1e-15) against the plain ops, forward and every gradient; float32 to ≈1e-6
+relative (softplus and its derivative by branch-free polynomial exp and log1p, relative error ≈1e-7;
+``tests/test_fused_filter.py``). Timings: ``docs/performance.md``, lever "fused filter network". Built like the
+other kernels (:mod:`atomnet.native`); ``ATOMNET_FUSED=0`` turns it off with them; a failed build (e.g. a torch
+whose BLAS does not export ``sgemm_``) leaves the :mod:`atomnet.nn.fused` path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from atomnet.native import NativeExtension
+from atomnet.nn import fused
+from atomnet.nn.output import wrapped
+
+SOURCE = Path(__file__).with_name("kernels") / "filter_conv.cpp"
+EXTENSION = NativeExtension(
+    "filter_conv", SOURCE, "fused filter-network kernel", switch="ATOMNET_FUSED"
+)
+
+
+def usable(x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether this kernel computes the cfconv: the conditions of :func:`atomnet.nn.fused.usable`, a basis and a
+    cutoff that need no gradient, one dtype, and the kernel built."""
+    if rbf.requires_grad or fcut.requires_grad or rbf.dim() != 2 or fcut.shape != rbf.shape[:1]:
+        return False
+    if len({t.dtype for t in (x, rbf, fcut, *weights)}) != 1 or not fused.usable(x, rbf, fcut):
+        return False
+    if any(t.device.type != "cpu" or wrapped(t) for t in weights):
+        return False
+    return EXTENSION.load() is not None
+
+
+def _plain(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j):
+    """The same function as torch ops (the differentiable backward)."""
+    filters = F.linear(F.softplus(F.linear(rbf, w1, b1)), w2, b2) * scale[:, None]
+    h = filters.shape[0]
+    messages = x.index_select(0, pair_j)
+    if pair_j.shape[0] == 2 * h:
+        messages = (messages.view(2, h, -1) * filters).view(2 * h, -1)
+    else:
+        messages = messages * filters
+    return torch.zeros_like(x).index_add(0, pair_i, messages)
+
+
+class _FilterConv(torch.autograd.Function):
+    """out_a = Σ_{p: i_p = a} x_{j_p} ∘ W(e_{p mod h}) c_{p mod h} with W the two-layer filter network."""
+
+    @staticmethod
+    def forward(ctx, x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, keep):
+        out, filters = EXTENSION.state["module"].filter_conv(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, keep)
+        ctx.save_for_backward(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, filters)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, filters = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled() or wrapped(grad):  # a backward that is differentiated again
+            inputs = (x, w1, b1, w2, b2)
+            wanted = [t for t, n in zip(inputs, (need[0], *need[2:6]), strict=True) if n]
+            with torch.enable_grad():
+                out = _plain(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j)
+                found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
+            gx, gw1, gb1, gw2, gb2 = (next(found) if n else None for n in (need[0], *need[2:6]))
+        else:
+            gx, gw1, gb1, gw2, gb2 = EXTENSION.state["module"].filter_conv_backward(
+                grad, x, rbf, w1, b1, w2, filters, scale, pair_i, pair_j, need[0]
+            )
+            gx = gx if need[0] else None
+        return gx, None, gw1, gb1, gw2, gb2, None, None, None, None
+
+
+def fused_filter_cfconv(
+    x: torch.Tensor,
+    rbf: torch.Tensor,
+    first: tuple[torch.Tensor, torch.Tensor],
+    second: tuple[torch.Tensor, torch.Tensor],
+    fcut: torch.Tensor,
+    pair_i: torch.Tensor,
+    pair_j: torch.Tensor,
+) -> torch.Tensor:
+    """m_i = Σ_j x_j ∘ (softplus(e_ij W₁ᵀ + b₁) W₂ᵀ + b₂) f_c(r_ij) (call :func:`usable` first).
+
+    Shapes: x (n_atoms, F), rbf (h, K), first = (W₁ (H, K), b₁ (H,)), second = (W₂ (F, H), b₂ (F,)), fcut (h,),
+    pair_i/pair_j (n_pairs,) int64 with n_pairs = h or 2h (mirrored) → (n_atoms, F). Differentiable in x and the
+    four weights; rbf and fcut are constants.
+    """
+    (w1, b1), (w2, b2) = first, second
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2))  # a backward will come
+    return _FilterConv.apply(
+        x.contiguous(),
+        rbf.contiguous(),
+        w1.contiguous(),
+        b1.contiguous(),
+        w2.contiguous(),
+        b2.contiguous(),
+        fcut.contiguous(),
+        pair_i.contiguous(),
+        pair_j.contiguous(),
+        keep,
+    )
