@@ -40,9 +40,7 @@ from atomnet.nn import fused
 from atomnet.nn.output import wrapped
 
 SOURCE = Path(__file__).with_name("kernels") / "filter_conv.cpp"
-EXTENSION = NativeExtension(
-    "filter_conv", SOURCE, "fused filter-network kernel", switch="ATOMNET_FUSED"
-)
+EXTENSION = NativeExtension("filter_conv", SOURCE, "fused filter-network kernel", switch="ATOMNET_FUSED")
 
 
 def usable(x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, *weights: torch.Tensor) -> bool:
@@ -74,7 +72,9 @@ class _FilterConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, keep):
-        out, filters = EXTENSION.state["module"].filter_conv(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, keep)
+        out, filters = EXTENSION.state["module"].filter_conv(
+            x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, keep
+        )
         ctx.save_for_backward(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, filters)
         return out
 
@@ -113,7 +113,9 @@ def fused_filter_cfconv(
     four weights; rbf and fcut are constants.
     """
     (w1, b1), (w2, b2) = first, second
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2))  # a backward will come
+    keep = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, w1, b1, w2, b2)
+    )  # a backward will come
     return _FilterConv.apply(
         x.contiguous(),
         rbf.contiguous(),
