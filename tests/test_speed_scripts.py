@@ -231,3 +231,28 @@ def test_bench_peers_refuses_unknown_case_or_package(capsys):
             script.main(argv)
         assert exit_info.value.code == 2
         assert argv[1].split(",")[-1] in capsys.readouterr().err
+
+
+def test_flop_count_misses_no_product_of_the_fused_kernels(shared_data, monkeypatch):
+    """``bench_peers.flop_ceiling`` counts the energy-training step's matrix products as the plain torch ops of the
+    same step would (``ATOMNET_FUSED=0``): the products inside the fused filter-network kernel are no aten ops, but
+    the counter's global module hooks route the step through the module path, so none is missed."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peers = load_script("bench_peers")
+    torch.manual_seed(0)
+    adapter = peers.AtomnetAdapter()
+    batch = adapter.prepare(adapter.items(peers.raw_molecules("qm9", 20)))
+    targets = torch.zeros(20)
+
+    def step():
+        loss = torch.nn.functional.mse_loss(adapter.energy(batch), targets)
+        loss.backward()
+
+    counted = peers.flop_ceiling(step, batch, 0)["step_matmul_flops"]
+    monkeypatch.setenv("ATOMNET_FUSED", "0")
+    plain = FlopCounterMode(display=False)
+    with plain:
+        step()
+    assert counted == plain.get_total_flops() > 0
