@@ -17,6 +17,7 @@ from atomnet import keys
 from atomnet.data.batch import AtomsBatch
 from atomnet.errors import ModelInputError
 from atomnet.models.base import AtomisticModel
+from atomnet.nn import fused_filter
 from atomnet.runtime import tune_allocator
 
 
@@ -68,7 +69,10 @@ def energy_and_forces(
         cell = cell + torch.einsum("mki,mij->mkj", cell, sym)
         inputs.append(strain)
     with torch.enable_grad() if inputs else contextlib.nullcontext():
-        out = model(batch, positions=positions, cell=cell)
+        # a graph differentiated once, for the geometry only: the fused filter network may take it (weights constant)
+        promise = fused_filter.geometry_gradients_only() if inputs and not create_graph else contextlib.nullcontext()
+        with promise:
+            out = model(batch, positions=positions, cell=cell)
         if inputs:
             grads = torch.autograd.grad(
                 out[keys.ENERGY].sum(), inputs, create_graph=create_graph, allow_unused=True

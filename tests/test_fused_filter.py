@@ -228,3 +228,76 @@ def test_failed_build_leaves_the_cfconv_kernel(monkeypatch):
     assert len(calls) == len(pot.model.interactions) and len(convs) >= len(pot.model.interactions)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_geometry_gradients_equal_the_plain_ops(mirrored, threads):
+    """Inside ``geometry_gradients_only`` (forces without create_graph): ∂L/∂x, ∂L/∂e and ∂L/∂f_c from the kernel
+    against autograd of the torch ops; the weights are constants there."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = inputs(n_atoms=60, f=16, k=7, hidden=12, h=1500, mirrored=mirrored, spread=12.0)
+        names = ("x", "rbf", "scale")
+        weights = {n: torch.nn.Parameter(a[n]) for n in ("w1", "b1", "w2", "b2")}
+        leaves = {n: a[n].clone().requires_grad_() for n in names}
+        with fused_filter.geometry_gradients_only():
+            assert fused_filter.usable(leaves["x"], leaves["rbf"], leaves["scale"], *weights.values())
+            mine = run({**a, **weights, **leaves})
+        upstream = torch.randn_like(mine)
+        ours = torch.autograd.grad(mine, list(leaves.values()), upstream)
+        assert all(w.grad is None for w in weights.values())
+        plain_leaves = {n: a[n].clone().requires_grad_() for n in names}
+        plain = fused_filter._plain(**{**a, **plain_leaves})
+        theirs = torch.autograd.grad(plain, list(plain_leaves.values()), upstream)
+        torch.testing.assert_close(mine, plain, rtol=1e-12, atol=1e-12)
+        for name, u, v in zip(names, ours, theirs, strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-11, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+def test_geometry_gradcheck():
+    a = inputs(n_atoms=6, f=3, k=4, hidden=5, h=25, mirrored=True, seed=4)
+    names = ("x", "rbf", "scale")
+
+    def f(*leaves):
+        with fused_filter.geometry_gradients_only():
+            return run({**a, **dict(zip(names, leaves, strict=True))})
+
+    assert torch.autograd.gradcheck(f, tuple(a[n].clone().requires_grad_() for n in names))
+
+
+def test_outside_the_promise_a_basis_with_gradient_is_not_taken():
+    a = inputs(n_atoms=6, f=3, k=4, hidden=5, h=25, mirrored=True)
+    rbf = a["rbf"].requires_grad_()
+    assert not fused_filter.usable(a["x"], rbf, a["scale"], a["w1"], a["b1"], a["w2"], a["b2"])
+    with fused_filter.geometry_gradients_only():
+        assert fused_filter.usable(a["x"], rbf, a["scale"], a["w1"], a["b1"], a["w2"], a["b2"])
+    assert not fused_filter.usable(a["x"], rbf, a["scale"], a["w1"], a["b1"], a["w2"], a["b2"])
+
+
+def test_schnet_forces_and_stress_take_the_kernel_and_equal_the_plain_path(monkeypatch):
+    """Inference forces and stress (no create_graph) run through the kernel and equal the module path (float64);
+    force training (create_graph) does not take it."""
+    from ase.build import bulk
+
+    pot = schnet_potential().eval()
+    molecules = batch_from_atoms([molecule("CH3CH2OH"), molecule("C6H6")], cutoff=4.0, dtype=torch.float64)
+    crystal = bulk("Si", "diamond", a=5.43, cubic=True)
+    crystal.rattle(0.05, seed=1)
+    periodic = batch_from_atoms([crystal], cutoff=4.0, dtype=torch.float64)
+    calls = counted(monkeypatch)
+    fused_out = [pot(molecules, forces=True), pot(periodic, forces=True, stress=True)]
+    assert len(calls) == 2 * len(pot.model.interactions)
+    pot.train()
+    pot(molecules, forces=True, create_graph=True)
+    assert len(calls) == 2 * len(pot.model.interactions), "taken for force training"
+    pot.eval()
+    monkeypatch.setenv("ATOMNET_FUSED", "0")
+    plain_out = [pot(molecules, forces=True), pot(periodic, forces=True, stress=True)]
+    for got, want in zip(fused_out, plain_out, strict=True):
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-12, msg=key)
+    assert fused_out[1]["stress"].abs().max() > 0

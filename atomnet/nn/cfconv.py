@@ -129,8 +129,8 @@ def filter_and_convolve(
     scales each filter row by f_c(r_ij) as it reads it, so the (h, F) array W ∘ f_c is never formed (nor, in
     energy training, its backward; with forces ∂L/∂f_c comes out of the kernel's filter-gradient pass).
 
-    Where the basis and the cutoff need no gradient (energy training, energy-only inference) the filter network
-    runs inside the kernel too, per block of filter rows (:mod:`atomnet.nn.fused_filter`): its hidden layer and
+    Where the basis and the cutoff need no gradient (energy training, energy-only inference) or only a first one
+    with respect to the geometry (forces without ``create_graph``) the filter network runs inside the kernel too, per block of filter rows (:mod:`atomnet.nn.fused_filter`): its hidden layer and
     the filters never reach memory as (h, F) arrays.
 
     A :class:`~atomnet.nn.tabulated.TabulatedFilter` (fed the distances r by a tabulated copy of the model) goes
@@ -161,7 +161,7 @@ def _filter_fusable(
     layers: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
 ) -> bool:
     """Whether :func:`atomnet.nn.fused_filter.fused_filter_cfconv` computes this cfconv: the parts of ``cfconv``
-    unhooked, filters as wide as x, one or two pairs per filter row, and a basis and cutoff without gradient."""
+    unhooked, filters as wide as x, one or two pairs per filter row, and :func:`atomnet.nn.fused_filter.usable`."""
     (w1, b1), (w2, b2) = layers
     if _hooked(cfconv.gather, cfconv.product, cfconv.aggregate) or x.dim() != 2 or w2.shape[0] != x.shape[1]:
         return False

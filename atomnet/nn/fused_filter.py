@@ -16,10 +16,13 @@ forward; its gradients with G_q = f_c(r_q) Σ_{p: p mod h = q} g_{i_p} ∘ x_{j_
 - ∂L/∂A = (G W₂) ∘ σ(A); ∂L/∂W₁ = (∂L/∂A)ᵀ e, ∂L/∂b₁ = Σ_q ∂L/∂A_q;
 - ∂L/∂x_j = Σ_{p: j_p = j} g_{i_p} ∘ W_{p mod h} f_c(r_{p mod h}) (the convolution with i and j swapped).
 
-The radial basis and the cutoff get no gradient, so the path is taken only where they need none: energy
-training and energy-only inference (forces need ∂/∂r, and force training a differentiable backward; those keep
-:mod:`atomnet.nn.fused`). A backward that must itself be differentiable (``create_graph``, batched gradients)
-recomputes the block with the plain torch ops and differentiates those.
+For forces without ``create_graph`` (inference, MD: :func:`atomnet.potential.energy_and_forces` runs the model
+inside :func:`geometry_gradients_only`) the same backward also gives ∂L/∂e = (∂L/∂A) W₁ and
+∂L/∂f_c(r_q) = Σ_f G_qf W_qf / f_c(r_q), the weights' gradients skipped. Outside that promise the path is taken
+only where the basis and the cutoff need no gradient (energy training, energy-only inference): force training's
+create_graph backward keeps :mod:`atomnet.nn.fused`, because a custom autograd function cannot tell at forward
+time whether its backward will be differentiated. A backward that must itself be differentiable (``create_graph``,
+batched gradients) recomputes the block with the plain torch ops and differentiates those.
 
 Agreement: float64 to round-off (≈1e-15) against the plain ops, forward and every gradient; float32 to ≈1e-6
 relative (softplus and its derivative by branch-free polynomial exp and log1p, relative error ≈1e-7;
@@ -30,6 +33,9 @@ whose BLAS does not export ``sgemm_``) leaves the :mod:`atomnet.nn.fused` path.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -43,10 +49,27 @@ SOURCE = Path(__file__).with_name("kernels") / "filter_conv.cpp"
 EXTENSION = NativeExtension("filter_conv", SOURCE, "fused filter-network kernel", switch="ATOMNET_FUSED")
 
 
+_GEOMETRY_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("atomnet_geometry_only", default=False)
+
+
+@contextlib.contextmanager
+def geometry_gradients_only() -> Iterator[None]:
+    """Promise that the graph built inside is differentiated once, with respect to the geometry only (forces and
+    stress without ``create_graph``: :func:`atomnet.potential.energy_and_forces`). Inside it the kernel also takes
+    a basis and cutoff that need a gradient, and treats the filter network's weights as constants."""
+    token = _GEOMETRY_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _GEOMETRY_ONLY.reset(token)
+
+
 def usable(x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether this kernel computes the cfconv: the conditions of :func:`atomnet.nn.fused.usable`, a basis and a
-    cutoff that need no gradient, one dtype, and the kernel built."""
-    if rbf.requires_grad or fcut.requires_grad or rbf.dim() != 2 or fcut.shape != rbf.shape[:1]:
+    """Whether this kernel computes the cfconv: the conditions of :func:`atomnet.nn.fused.usable`, one dtype, the
+    kernel built, and a basis and cutoff that need no gradient, unless inside :func:`geometry_gradients_only`."""
+    if (rbf.requires_grad or fcut.requires_grad) and not _GEOMETRY_ONLY.get():
+        return False
+    if rbf.dim() != 2 or fcut.shape != rbf.shape[:1]:
         return False
     if len({t.dtype for t in (x, rbf, fcut, *weights)}) != 1 or not fused.usable(x, rbf, fcut):
         return False
@@ -81,20 +104,31 @@ class _FilterConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j, filters = ctx.saved_tensors
-        need = ctx.needs_input_grad
+        need = ctx.needs_input_grad[:7]  # x, rbf, w1, b1, w2, b2, scale
         if torch.is_grad_enabled() or wrapped(grad):  # a backward that is differentiated again
-            inputs = (x, w1, b1, w2, b2)
-            wanted = [t for t, n in zip(inputs, (need[0], *need[2:6]), strict=True) if n]
+            inputs = (x, rbf, w1, b1, w2, b2, scale)
+            wanted = [t for t, n in zip(inputs, need, strict=True) if n]
             with torch.enable_grad():
                 out = _plain(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j)
                 found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
-            gx, gw1, gb1, gw2, gb2 = (next(found) if n else None for n in (need[0], *need[2:6]))
-        else:
-            gx, gw1, gb1, gw2, gb2 = EXTENSION.state["module"].filter_conv_backward(
-                grad, x, rbf, w1, b1, w2, filters, scale, pair_i, pair_j, need[0]
-            )
-            gx = gx if need[0] else None
-        return gx, None, gw1, gb1, gw2, gb2, None, None, None, None
+            return (*(next(found) if n else None for n in need), None, None, None)
+        gx, gw1, gb1, gw2, gb2, grbf, gscale = EXTENSION.state["module"].filter_conv_backward(
+            grad,
+            x,
+            rbf,
+            w1,
+            b1,
+            w2,
+            filters,
+            scale,
+            pair_i,
+            pair_j,
+            need[0],
+            any(need[2:6]),
+            need[1] or need[6],
+        )
+        grads = (gx, grbf, gw1, gb1, gw2, gb2, gscale)
+        return (*(g if n else None for g, n in zip(grads, need, strict=True)), None, None, None)
 
 
 def fused_filter_cfconv(
@@ -109,13 +143,13 @@ def fused_filter_cfconv(
     """m_i = Σ_j x_j ∘ (softplus(e_ij W₁ᵀ + b₁) W₂ᵀ + b₂) f_c(r_ij) (call :func:`usable` first).
 
     Shapes: x (n_atoms, F), rbf (h, K), first = (W₁ (H, K), b₁ (H,)), second = (W₂ (F, H), b₂ (F,)), fcut (h,),
-    pair_i/pair_j (n_pairs,) int64 with n_pairs = h or 2h (mirrored) → (n_atoms, F). Differentiable in x and the
-    four weights; rbf and fcut are constants.
+    pair_i/pair_j (n_pairs,) int64 with n_pairs = h or 2h (mirrored) → (n_atoms, F). Differentiable in x, rbf,
+    fcut and the four weights (inside :func:`geometry_gradients_only` the weights are constants).
     """
     (w1, b1), (w2, b2) = first, second
-    keep = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, w1, b1, w2, b2)
-    )  # a backward will come
+    if _GEOMETRY_ONLY.get():  # the one backward asks for the geometry's gradient: the weights are constants
+        w1, b1, w2, b2 = (t.detach() for t in (w1, b1, w2, b2))
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, rbf, fcut, w1, b1, w2, b2))
     return _FilterConv.apply(
         x.contiguous(),
         rbf.contiguous(),

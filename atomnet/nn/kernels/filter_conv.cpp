@@ -10,13 +10,13 @@
 // passes are bound by memory bandwidth.
 //
 // filter_conv_backward (upstream g (n_atoms, F)) recomputes A and S per block (the first layer, K = 50, is the
-// cheapest product) and reads W from the forward (keep = true); per block G = c * (g[i] * x[j] summed over a
-// mirrored pair) and then
+// cheapest product) and reads W from the forward (keep = true); per block G = c * Graw, Graw = g[i] * x[j] summed
+// over a mirrored pair, and then
 //   dL/dW2 += G^T S,  dL/db2 += sum G,  dS = G W2,  dA = dS * sigmoid(A),  dL/dW1 += dA^T e,  dL/db1 += sum dA,
-//   dL/dx[j_p] += g[i_p] * W[p mod h] * c[p mod h].
-// Each thread accumulates into its own buffers, summed in a fixed order (deterministic for a thread count). The
-// basis and the cutoff get no gradient here: this path is for energies without forces (atomnet.nn.fused_filter
-// falls back to the plain ops when they need one, or when the backward must itself be differentiable).
+//   dL/dx[j_p] += g[i_p] * W[p mod h] * c[p mod h],
+// and for forces (need_geometry) dL/de = dA W1 and dL/dc_q = sum_k Graw_qk W_qk. Each thread accumulates into its own
+// buffers, summed in a fixed order (deterministic for a thread count). The backward is not differentiable itself
+// (atomnet.nn.fused_filter recomputes with torch ops when it must be).
 //
 // Matrix products: the BLAS that torch links (sgemm_/dgemm_, MKL in the x86 wheels), called per block from
 // inside torch's parallel region, where it runs on the calling thread.
@@ -251,17 +251,24 @@ std::vector<torch::Tensor> filter_conv(torch::Tensor x, torch::Tensor rbf, torch
   return {out, filters};
 }
 
-// {dL/dx (n_atoms, F) or empty, dL/dW1 (H, K), dL/db1 (H,), dL/dW2 (F, H), dL/db2 (F,)}
+// {dL/dx (n_atoms, F), dL/dW1 (H, K), dL/db1 (H,), dL/dW2 (F, H), dL/db2 (F,), dL/de (h, K), dL/dc (h,)}; the ones
+// not asked for (need_x, need_weights, need_geometry) are empty
 std::vector<torch::Tensor> filter_conv_backward(torch::Tensor g, torch::Tensor x, torch::Tensor rbf,
                                                 torch::Tensor w1, torch::Tensor b1, torch::Tensor w2,
                                                 torch::Tensor filters, torch::Tensor c, torch::Tensor pi,
-                                                torch::Tensor pj, bool need_x) {
+                                                torch::Tensor pj, bool need_x, bool need_weights,
+                                                bool need_geometry) {
   g = g.contiguous();
   const Shapes s = check(x, rbf, w1, b1, w2, torch::empty({x.size(1)}, x.options()), c, pi, pj);
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "filter_conv: gradient like x");
   TORCH_CHECK(filters.dim() == 2 && filters.size(0) == s.h && filters.size(1) == s.f && filters.is_contiguous(),
               "filter_conv: filters (h, F) from the forward");
   const int64_t threads = thread_count(s.h);
+  auto none = torch::empty({0}, x.options());
+  auto sized = [&](bool need, std::initializer_list<int64_t> shape) { return need ? torch::zeros(shape, x.options()) : none; };
+  // rows of the basis and the cutoff belong to one thread each: written in place, not summed
+  auto grad_rbf = need_geometry ? torch::empty({s.h, s.k}, x.options()) : none;
+  auto grad_c = need_geometry ? torch::empty({s.h}, x.options()) : none;
   // per thread: [dx (n_atoms, F), dW1 (H, K), db1 (H), dW2 (F, H), db2 (F)]
   std::vector<std::vector<torch::Tensor>> acc(threads);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "atomnet_filter_conv_backward", [&] {
@@ -270,17 +277,17 @@ std::vector<torch::Tensor> filter_conv_backward(torch::Tensor g, torch::Tensor x
     const T *b1p = b1.data_ptr<T>(), *w2p = w2.data_ptr<T>(), *wp = filters.data_ptr<T>();
     const T* cp = c.numel() ? c.data_ptr<T>() : nullptr;
     const int64_t *ip = pi.data_ptr<int64_t>(), *jp = pj.data_ptr<int64_t>();
+    T* de = need_geometry ? grad_rbf.data_ptr<T>() : nullptr;
+    T* dc = need_geometry ? grad_c.data_ptr<T>() : nullptr;
     over_threads(threads, s.h, [&](int64_t t, int64_t q0, int64_t q1) {
       auto& mine = acc[t];
-      mine = {need_x ? torch::zeros({s.n_atoms, s.f}, x.options()) : torch::empty({0}, x.options()),
-              torch::zeros({s.hidden, s.k}, x.options()), torch::zeros({s.hidden}, x.options()),
-              torch::zeros({s.f, s.hidden}, x.options()), torch::zeros({s.f}, x.options())};
-      T *dx = need_x ? mine[0].data_ptr<T>() : nullptr, *dw1 = mine[1].data_ptr<T>(), *db1 = mine[2].data_ptr<T>();
-      T *dw2 = mine[3].data_ptr<T>(), *db2 = mine[4].data_ptr<T>();
+      mine = {sized(need_x, {s.n_atoms, s.f}), sized(need_weights, {s.hidden, s.k}), sized(need_weights, {s.hidden}),
+              sized(need_weights, {s.f, s.hidden}), sized(need_weights, {s.f})};
+      T* dx = need_x ? mine[0].data_ptr<T>() : nullptr;
       std::vector<T> grow(BLOCK * s.f), hidden(BLOCK * s.hidden), sig(BLOCK * s.hidden), dhidden(BLOCK * s.hidden);
       for (int64_t a = q0; a < q1; a += BLOCK) {
         const int n = static_cast<int>(std::min(BLOCK, q1 - a));
-        for (int64_t r = 0; r < n; ++r) {  // G rows and dL/dx
+        for (int64_t r = 0; r < n; ++r) {  // G rows, dL/dc and dL/dx
           const int64_t q = a + r;
           const T scale = cp ? cp[q] : T(1);
           const T* wq = wp + q * s.f;
@@ -295,31 +302,45 @@ std::vector<torch::Tensor> filter_conv_backward(torch::Tensor g, torch::Tensor x
               for (int64_t k = 0; k < s.f; ++k) dxj[k] += gi[k] * wq[k] * scale;
             }
           }
+          if (dc) {
+            T sum = 0;
+            for (int64_t k = 0; k < s.f; ++k) sum += gq[k] * wq[k];
+            dc[q] = sum;
+          }
           if (cp)
             for (int64_t k = 0; k < s.f; ++k) gq[k] *= scale;
         }
         fill_rows(hidden.data(), b1p, n, s.hidden);
         linear(ep + a * s.k, w1p, hidden.data(), n, s.k, s.hidden, T(1));
         softplus_rows(hidden.data(), sig.data(), n * s.hidden);
-        linear_weight_grad(grow.data(), hidden.data(), dw2, n, s.hidden, s.f);
-        add_row_sums(grow.data(), db2, n, s.f);
+        if (need_weights) {
+          linear_weight_grad(grow.data(), hidden.data(), mine[3].data_ptr<T>(), n, s.hidden, s.f);
+          add_row_sums(grow.data(), mine[4].data_ptr<T>(), n, s.f);
+        }
         linear_input_grad(grow.data(), w2p, dhidden.data(), n, s.hidden, s.f);
         for (int64_t k = 0; k < n * s.hidden; ++k) dhidden[k] *= sig[k];
-        linear_weight_grad(dhidden.data(), ep + a * s.k, dw1, n, s.k, s.hidden);
-        add_row_sums(dhidden.data(), db1, n, s.hidden);
+        if (need_weights) {
+          linear_weight_grad(dhidden.data(), ep + a * s.k, mine[1].data_ptr<T>(), n, s.k, s.hidden);
+          add_row_sums(dhidden.data(), mine[2].data_ptr<T>(), n, s.hidden);
+        }
+        if (de) linear_input_grad(dhidden.data(), w1p, de + a * s.k, n, s.k, s.hidden);
       }
     });
   });
   std::vector<torch::Tensor> result = acc[0];
-  for (size_t slot = need_x ? 0 : 1; slot < result.size(); ++slot) {
+  for (size_t slot = 0; slot < result.size(); ++slot) {
+    if (result[slot].numel() == 0) continue;
     std::vector<torch::Tensor> parts;
     for (int64_t t = 1; t < threads; ++t) parts.push_back(acc[t][slot]);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "atomnet_filter_conv_sum", [&] { sum_into<scalar_t>(result[slot], parts); });
   }
+  result.push_back(grad_rbf);
+  result.push_back(grad_c);
   return result;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("filter_conv", &filter_conv, "out[i_p] += x[j_p] * W[p mod h] * c[p mod h], W = softplus(e W1^T + b1) W2^T + b2");
-  m.def("filter_conv_backward", &filter_conv_backward, "(dL/dx, dL/dW1, dL/db1, dL/dW2, dL/db2) of filter_conv");
+  m.def("filter_conv_backward", &filter_conv_backward,
+        "(dL/dx, dL/dW1, dL/db1, dL/dW2, dL/db2, dL/de, dL/dc) of filter_conv");
 }
