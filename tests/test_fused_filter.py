@@ -16,8 +16,8 @@ from atomnet.potential import Potential
 @pytest.fixture(scope="module", autouse=True)
 def kernel():
     """The kernel must build where atomnet's other kernels build (g++, ninja, torch's BLAS); a failure is real."""
-    if not fused_filter.EXTENSION.enabled():
-        pytest.skip("ATOMNET_FUSED=0 is set")
+    if not (fused.enabled() and fused_filter.EXTENSION.enabled()):
+        pytest.skip("ATOMNET_FUSED=0 or ATOMNET_FUSED_FILTER=0 is set")
     assert fused_filter.EXTENSION.load() is not None, "the fused filter-network kernel did not build"
 
 
@@ -267,6 +267,14 @@ def test_geometry_gradcheck():
             return run({**a, **dict(zip(names, leaves, strict=True))})
 
     assert torch.autograd.gradcheck(f, tuple(a[n].clone().requires_grad_() for n in names))
+
+
+def test_switched_off_alone(monkeypatch):
+    a = inputs(n_atoms=6, f=3, k=4, hidden=5, h=25, mirrored=True)
+    args = (a["x"], a["rbf"], a["scale"], a["w1"], a["b1"], a["w2"], a["b2"])
+    assert fused_filter.usable(*args)
+    monkeypatch.setenv("ATOMNET_FUSED_FILTER", "0")
+    assert not fused_filter.usable(*args) and fused.usable(a["x"], a["rbf"])
 
 
 def test_outside_the_promise_a_basis_with_gradient_is_not_taken():

@@ -27,7 +27,8 @@ batched gradients) recomputes the block with the plain torch ops and differentia
 Agreement: float64 to round-off (≈1e-15) against the plain ops, forward and every gradient; float32 to ≈1e-6
 relative (softplus and its derivative by branch-free polynomial exp and log1p, relative error ≈1e-7;
 ``tests/test_fused_filter.py``). Timings: ``docs/performance.md``, lever "fused filter network". Built like the
-other kernels (:mod:`atomnet.native`); ``ATOMNET_FUSED=0`` turns it off with them; a failed build (e.g. a torch
+other kernels (:mod:`atomnet.native`); ``ATOMNET_FUSED=0`` turns it off with them, ``ATOMNET_FUSED_FILTER=0``
+alone; a failed build (e.g. a torch
 whose BLAS does not export ``sgemm_``) leaves the :mod:`atomnet.nn.fused` path.
 """
 
@@ -46,7 +47,9 @@ from atomnet.nn import fused
 from atomnet.nn.output import wrapped
 
 SOURCE = Path(__file__).with_name("kernels") / "filter_conv.cpp"
-EXTENSION = NativeExtension("filter_conv", SOURCE, "fused filter-network kernel", switch="ATOMNET_FUSED")
+EXTENSION = NativeExtension(
+    "filter_conv", SOURCE, "fused filter-network kernel", switch="ATOMNET_FUSED_FILTER"
+)
 
 
 _GEOMETRY_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("atomnet_geometry_only", default=False)
@@ -67,7 +70,7 @@ def geometry_gradients_only() -> Iterator[None]:
 def usable(x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, *weights: torch.Tensor) -> bool:
     """Whether this kernel computes the cfconv: the conditions of :func:`atomnet.nn.fused.usable`, one dtype, the
     kernel built, and a basis and cutoff that need no gradient, unless inside :func:`geometry_gradients_only`."""
-    if (rbf.requires_grad or fcut.requires_grad) and not _GEOMETRY_ONLY.get():
+    if not EXTENSION.enabled() or ((rbf.requires_grad or fcut.requires_grad) and not _GEOMETRY_ONLY.get()):
         return False
     if rbf.dim() != 2 or fcut.shape != rbf.shape[:1]:
         return False
