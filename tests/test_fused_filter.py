@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from ase.build import molecule
+from kernel_checks import assert_same_energy_and_gradients, energy_training_step, schnet_potential
 
 from atomnet.data import batch_from_atoms
-from atomnet.models import build_model
 from atomnet.nn import fused, fused_filter
-from atomnet.potential import Potential
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -127,14 +126,6 @@ def test_empty_pair_list():
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
-def schnet_potential() -> Potential:
-    torch.manual_seed(0)
-    model = build_model(
-        "schnet", n_atom_basis=16, n_filters=16, n_interactions=2, n_rbf=20, cutoff=4.0, max_z=20
-    )
-    return Potential(model).double().train()
-
-
 def counted(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = fused_filter._FilterConv.forward
@@ -146,28 +137,19 @@ def counted(monkeypatch) -> list[int]:
 
 def test_schnet_energy_training_takes_the_kernel_and_equals_the_plain_path(monkeypatch):
     """Energy training of the whole model: energies and every parameter gradient equal the module path (float64);
-    with forces the kernel is not taken (the basis needs a gradient)."""
+    force training (forces with create_graph, the default in training mode) does not take it."""
     pot = schnet_potential()
     batch = batch_from_atoms([molecule("CH3CH2OH"), molecule("C6H6")], cutoff=4.0, dtype=torch.float64)
     calls = counted(monkeypatch)
 
-    def energy_step():
-        pot.zero_grad()
-        energy = pot(batch, forces=False)["energy"]
-        (energy**2).sum().backward()
-        return energy.detach(), [p.grad.clone() for p in pot.parameters() if p.grad is not None]
-
-    e_fused, g_fused = energy_step()
+    e_fused, g_fused = energy_training_step(pot, batch)
     assert len(calls) == len(pot.model.interactions)
     pot(batch, forces=True)
-    assert len(calls) == len(pot.model.interactions), "taken although the forces need ∂/∂r"
+    assert len(calls) == len(pot.model.interactions), "taken for force training"
     monkeypatch.setenv("ATOMNET_FUSED", "0")
-    e_plain, g_plain = energy_step()
+    e_plain, g_plain = energy_training_step(pot, batch)
     assert len(calls) == len(pot.model.interactions)
-    torch.testing.assert_close(e_fused, e_plain, rtol=1e-12, atol=1e-12)
-    assert len(g_fused) == len(g_plain) > 0
-    for a, b in zip(g_fused, g_plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_same_energy_and_gradients((e_fused, g_fused), (e_plain, g_plain))
 
 
 def test_hooked_filter_network_or_cfconv_is_not_fused(monkeypatch):
