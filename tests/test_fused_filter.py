@@ -3,6 +3,8 @@ plain module path of SchNet."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from ase.build import molecule
@@ -98,18 +100,20 @@ def test_gradcheck_and_second_derivatives():
     assert torch.autograd.gradgradcheck(f, leaves)
 
 
-def test_float32_agrees_with_float64_to_round_off():
-    """The float32 path (polynomial exp and log1p inside the kernel) against float64 at SchNet's sizes, with
-    first-layer outputs from -60 to 60."""
-    a64 = inputs(n_atoms=300, f=128, k=50, hidden=128, h=3000, mirrored=True, spread=4.0)
+@pytest.mark.parametrize("geometry", [False, True])
+def test_float32_agrees_with_float64_to_round_off(geometry):
+    """The float32 path (polynomial exp and log1p inside the kernel) against float64 at SchNet's sizes, with first-layer outputs from -60 to 60 and blocks of every length; the gradients of energy
+    training (x and the weights) or, inside ``geometry_gradients_only``, of forces (x, the basis, the cutoff)."""
+    a64 = inputs(n_atoms=300, f=128, k=50, hidden=128, h=3001, mirrored=True, spread=4.0)
     a32 = {k: v.float() if v.is_floating_point() else v for k, v in a64.items()}
-    names = ("x", "w1", "b1", "w2", "b2")
+    names = ("x", "rbf", "scale") if geometry else ("x", "w1", "b1", "w2", "b2")
     hidden = torch.nn.functional.linear(a64["rbf"], a64["w1"], a64["b1"])
     assert hidden.min() < -20 and hidden.max() > 20
     outs = []
     for a in (a64, a32):
         leaves = {n: a[n].clone().requires_grad_() for n in names}
-        out = run({**a, **leaves})
+        with fused_filter.geometry_gradients_only() if geometry else contextlib.nullcontext():
+            out = run({**a, **leaves})
         grads = torch.autograd.grad(out, list(leaves.values()), torch.ones_like(out))
         outs.append((out, *grads))
     for u, v in zip(*outs, strict=True):
