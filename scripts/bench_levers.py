@@ -159,7 +159,7 @@ def patch_module_filter_network() -> None:
 
     from atomnet.nn import activations, cfconv
 
-    cfconv.FilterNetwork.raw = lambda self, rbf: self.net(rbf)
+    cfconv.FilterNetwork.raw = lambda self, rbf, layers=None: self.net(rbf)
     activations.ShiftedSoftplus.forward = lambda self, x: F.softplus(x).sub_(activations.LN2)
     patch_unfused_filter_network()
 

@@ -29,16 +29,17 @@ class FilterNetwork(nn.Module):
     def forward(self, rbf: torch.Tensor, fcut: torch.Tensor) -> torch.Tensor:
         return self.raw(rbf) * fcut[:, None]
 
-    def raw(self, rbf: torch.Tensor) -> torch.Tensor:
+    def raw(self, rbf: torch.Tensor, layers: tuple | None = None) -> torch.Tensor:
         """Dense(ssp(Dense(e_ij))) before the cutoff, (n_pairs, F).
 
         Unless a hook watches the three layers (explanation rules attach to them), the same function is computed
         with fewer passes over the (n_pairs, F) activations: the shift of ssp = softplus − ln 2 is folded into the
         second layer's bias, b₂ − ln 2 · Σ_k W₂[:, k]; softplus is :func:`atomnet.nn.activations.softplus`; and
         where the basis needs no gradient (energy training, energies only) the first layer's bias rides in its
-        matrix product as a column of ones (timings: ``docs/performance.md``, "Levers measured").
+        matrix product as a column of ones (timings: ``docs/performance.md``, "Levers measured"). ``layers``: this
+        network's :meth:`plain_layers`, where the caller has formed them already.
         """
-        layers = self.plain_layers()
+        layers = layers or self.plain_layers()
         if layers is None:
             return self.net(rbf)
         (w1, b1), (w2, b2) = layers
@@ -130,8 +131,9 @@ def filter_and_convolve(
     energy training, its backward; with forces ∂L/∂f_c comes out of the kernel's filter-gradient pass).
 
     Where the basis and the cutoff need no gradient (energy training, energy-only inference) or only a first one
-    with respect to the geometry (forces without ``create_graph``) the filter network runs inside the kernel too, per block of filter rows (:mod:`atomnet.nn.fused_filter`): its hidden layer and
-    the filters never reach memory as (h, F) arrays.
+    with respect to the geometry (forces without ``create_graph``) the filter network runs inside the kernel too,
+    per block of filter rows (:mod:`atomnet.nn.fused_filter`): its hidden layer and the filters never reach memory
+    as (h, F) arrays.
 
     A :class:`~atomnet.nn.tabulated.TabulatedFilter` (fed the distances r by a tabulated copy of the model) goes
     into the kernel as its table: each filter row is interpolated where the kernel needs it, forward and
@@ -145,7 +147,7 @@ def filter_and_convolve(
         layers = filter_network.plain_layers()
         if layers is not None and _filter_fusable(cfconv, x, rbf, fcut, pair_i, layers):
             return fused_filter.fused_filter_cfconv(x, rbf, *layers, fcut, pair_i, pair_j)
-        raw = filter_network.raw(rbf)
+        raw = filter_network.raw(rbf, layers)
         if fcut.shape == raw.shape[:1] and cfconv._fusable(x, raw, pair_i):
             return fused.fused_cfconv(x, raw, pair_i, pair_j, scale=fcut.to(raw.dtype))
         return cfconv(x, raw * fcut[:, None], pair_i, pair_j)
@@ -165,9 +167,9 @@ def _filter_fusable(
     (w1, b1), (w2, b2) = layers
     if _hooked(cfconv.gather, cfconv.product, cfconv.aggregate) or x.dim() != 2 or w2.shape[0] != x.shape[1]:
         return False
-    if rbf.dim() != 2 or pair_i.shape[0] not in (rbf.shape[0], 2 * rbf.shape[0]):
+    if pair_i.shape[0] not in (rbf.shape[0], 2 * rbf.shape[0]):
         return False
-    return fused_filter.usable(x, rbf, fcut, w1, b1, w2, b2)
+    return fused_filter.usable(x, rbf, fcut, w1, b1, w2, b2)  # also the shapes of rbf and fcut
 
 
 def _table_fusable(
