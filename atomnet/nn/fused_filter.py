@@ -1,4 +1,4 @@
-"""SchNet's filter network and cfconv in one CPU kernel, per block of filter rows, for energies without forces.
+"""SchNet's filter network and cfconv in one CPU kernel, per block of filter rows (Schütt et al., NeurIPS 2017).
 
 m_i = Σ_j x_j ∘ W(e_ij) f_c(r_ij),  W(e) = softplus(e W₁ᵀ + b₁) W₂ᵀ + b₂'   (b₂' = b₂ − ln 2 · Σ_k W₂[:, k])
 
@@ -18,7 +18,8 @@ forward; its gradients with G_q = f_c(r_q) Σ_{p: p mod h = q} g_{i_p} ∘ x_{j_
 
 For forces without ``create_graph`` (inference, MD: :func:`atomnet.potential.energy_and_forces` runs the model
 inside :func:`geometry_gradients_only`) the same backward also gives ∂L/∂e = (∂L/∂A) W₁ and
-∂L/∂f_c(r_q) = Σ_f G_qf W_qf / f_c(r_q), the weights' gradients skipped. Outside that promise the path is taken
+∂L/∂f_c(r_q) = Σ_f Gʳ_qf W_qf with Gʳ_q = Σ_{p: p mod h = q} g_{i_p} ∘ x_{j_p} (G before the cutoff), the weights'
+gradients skipped. Outside that promise the path is taken
 only where the basis and the cutoff need no gradient (energy training, energy-only inference): force training's
 create_graph backward keeps :mod:`atomnet.nn.fused`, because a custom autograd function cannot tell at forward
 time whether its backward will be differentiated. A backward that must itself be differentiable (``create_graph``,
@@ -28,8 +29,10 @@ Agreement: float64 to round-off (≈1e-15) against the plain ops, forward and ev
 relative (softplus and its derivative by branch-free polynomial exp and log1p, relative error ≈1e-7;
 ``tests/test_fused_filter.py``). Timings: ``docs/performance.md``, lever "fused filter network". Built like the
 other kernels (:mod:`atomnet.native`); ``ATOMNET_FUSED=0`` turns it off with them, ``ATOMNET_FUSED_FILTER=0``
-alone; a failed build (e.g. a torch
-whose BLAS does not export ``sgemm_``) leaves the :mod:`atomnet.nn.fused` path.
+alone; a failed build (e.g. a torch whose BLAS does not export ``sgemm_``) leaves the :mod:`atomnet.nn.fused` path.
+
+Forces stay energy-conserving, F = −∂E/∂R: the backward is the exact gradient of the forward (gradcheck), not an
+approximation of it. Explanation rules hook the layers, and then the module path runs instead.
 """
 
 from __future__ import annotations
