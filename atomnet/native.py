@@ -5,7 +5,8 @@ A :class:`NativeExtension` names one source file (``atomnet/nn/kernels/cfconv.cp
 for KRR's L1 distances). It is compiled with ``torch.utils.cpp_extension``
 (g++ ``-O3 -march=native -fopenmp`` and ninja, 30–60 s) into ``$ATOMNET_KERNEL_DIR/<name>_<tag>`` (default
 ``~/.cache/atomnet/kernels``), where the tag hashes the source, torch, Python and the CPU, so a new torch or another
-CPU builds afresh. A failed build (no compiler, no headers, an unwritable folder) is recorded there as ``FAILED``;
+CPU builds afresh. A failed build (no compiler, no headers, an unwritable folder) is recorded there as ``FAILED``
+(a build stopped by a signal or Ctrl-C is not: the next process tries again);
 atomnet then warns once per process and the caller uses its plain torch path: nothing requires a compiler.
 ``python -m atomnet.native`` builds every extension ahead (``scripts/setup.sh``).
 """
@@ -123,6 +124,9 @@ class NativeExtension:
             from atomnet.errors import first_line
 
             message = f"atomnet: the {self.what} could not be built ({first_line(exc)}); using the plain path"
+            if _interrupted(exc):  # a killed compiler says nothing about the next try: record nothing
+                _warn(message + " in this process; the next one builds again")
+                return None
             with contextlib.suppress(OSError):  # an unwritable cache: warn in every process instead
                 (build / "FAILED").write_text(message + "\n")
             _warn(message)
@@ -130,6 +134,13 @@ class NativeExtension:
         if fresh:
             print(f"atomnet: {self.what} ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         return module
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a build failed because it was stopped (ninja or the compiler killed by a signal, Ctrl-C), not
+    because the source, compiler or headers are at fault."""
+    text = str(exc).lower()
+    return "interrupted" in text or "killed" in text or "signal" in text
 
 
 def _warn(message: str) -> None:

@@ -268,6 +268,26 @@ def test_hooked_parts_run_as_modules():
     assert conv._fusable(x, w, i) and not conv._fusable(x, w[:, :1], i)  # (h, 1) filters: plain path
 
 
+def test_an_interrupted_build_is_not_recorded(tmp_path, monkeypatch):
+    """A build whose compiler was killed (Ctrl-C, a signal) falls back in this process only: the next one builds."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("ATOMNET_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(fused.EXTENSION, "state", {})
+
+    def interrupted(**kwargs):
+        raise RuntimeError("Error building extension 'atomnet_cfconv': ninja: build stopped: interrupted by user.")
+
+    monkeypatch.setattr(cpp_extension, "load", interrupted)
+    with pytest.warns(RuntimeWarning, match="could not be built .*the next one builds again"):
+        assert fused.load() is None
+    assert not (fused.kernel_dir() / "FAILED").exists()
+    monkeypatch.setattr(fused.EXTENSION, "state", {})
+    built = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: built.append(1) or "module")
+    assert fused.load() == "module" and built == [1]
+
+
 def test_failed_build_falls_back_with_one_warning(tmp_path, monkeypatch):
     """A compiler error is recorded next to the build, warned about once, and the plain path still works."""
     from torch.utils import cpp_extension
