@@ -85,15 +85,10 @@ def usable(x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, *weights: tor
 
 
 def _plain(x, rbf, w1, b1, w2, b2, scale, pair_i, pair_j):
-    """The same function as torch ops (the differentiable backward)."""
-    filters = F.linear(F.softplus(F.linear(rbf, w1, b1)), w2, b2) * scale[:, None]
-    h = filters.shape[0]
-    messages = x.index_select(0, pair_j)
-    if pair_j.shape[0] == 2 * h:
-        messages = (messages.view(2, h, -1) * filters).view(2 * h, -1)
-    else:
-        messages = messages * filters
-    return torch.zeros_like(x).index_add(0, pair_i, messages)
+    """The same function as torch ops (the differentiable backward): the filters, then
+    :func:`atomnet.nn.fused._plain_conv`."""
+    filters = F.linear(F.softplus(F.linear(rbf, w1, b1)), w2, b2)
+    return fused._plain_conv(x, filters, scale, pair_i, pair_j)
 
 
 class _FilterConv(torch.autograd.Function):

@@ -146,6 +146,14 @@ inline void add_row_sums(const T* y, T* acc, int64_t n, int64_t o) {
     for (int64_t k = 0; k < o; ++k) acc[k] += y[r * o + k];
 }
 
+// hidden (n, H) = softplus(e W1^T + b1) for a block of n basis rows; with sig, also sigmoid(e W1^T + b1)
+template <typename T>
+inline void hidden_layer(const T* e, const T* w1, const T* b1, T* hidden, T* sig, int n, int k, int h) {
+  fill_rows(hidden, b1, n, h);
+  linear(e, w1, hidden, n, k, h, T(1));
+  softplus_rows(hidden, sig, static_cast<int64_t>(n) * h);
+}
+
 struct Shapes {
   int64_t n_atoms, f, h, k, hidden, n_pairs;
   bool mirrored;
@@ -228,9 +236,7 @@ std::vector<torch::Tensor> filter_conv(torch::Tensor x, torch::Tensor rbf, torch
       for (int64_t a = q0; a < q1; a += BLOCK) {
         const int n = static_cast<int>(std::min(BLOCK, q1 - a));
         T* w = keep ? filters.data_ptr<T>() + a * s.f : rows.data();
-        fill_rows(hidden.data(), b1p, n, s.hidden);
-        linear(ep + a * s.k, w1p, hidden.data(), n, s.k, s.hidden, T(1));
-        softplus_rows(hidden.data(), static_cast<T*>(nullptr), n * s.hidden);
+        hidden_layer(ep + a * s.k, w1p, b1p, hidden.data(), static_cast<T*>(nullptr), n, s.k, s.hidden);
         fill_rows(w, b2p, n, s.f);
         linear(hidden.data(), w2p, w, n, s.hidden, s.f, T(1));
         for (int64_t r = 0; r < n; ++r) {
@@ -310,9 +316,7 @@ std::vector<torch::Tensor> filter_conv_backward(torch::Tensor g, torch::Tensor x
           if (cp)
             for (int64_t k = 0; k < s.f; ++k) gq[k] *= scale;
         }
-        fill_rows(hidden.data(), b1p, n, s.hidden);
-        linear(ep + a * s.k, w1p, hidden.data(), n, s.k, s.hidden, T(1));
-        softplus_rows(hidden.data(), sig.data(), n * s.hidden);
+        hidden_layer(ep + a * s.k, w1p, b1p, hidden.data(), sig.data(), n, s.k, s.hidden);
         if (need_weights) {
           linear_weight_grad(grow.data(), hidden.data(), mine[3].data_ptr<T>(), n, s.hidden, s.f);
           add_row_sums(grow.data(), mine[4].data_ptr<T>(), n, s.f);
